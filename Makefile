@@ -1,0 +1,39 @@
+# One command each: `make course` runs every lesson, `make test` runs every test.
+# Each target creates .venv on first use (Python 3.11, the pinned requirements.txt).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export DALLE_HEADLESS := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: setup test unit course demo lab bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# unit tests, then every notebook through nbval (2 workers; a notebook stays on one worker)
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadscope -q
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+# execute every notebook in order, in place, headless; print where the results are
+course: $(STAMP)
+	$(BIN)/python -m dalle_mini_impl.course
+
+lab: $(STAMP)
+	unset DALLE_HEADLESS; $(BIN)/jupyter lab notebooks/
+
+bench: $(STAMP)
+	for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,249 @@
+"""Small shared utilities: seeding, device choice, presets and atomic checkpoints.
+
+Nothing here is specific to a lesson. Every lesson's setup cell calls
+``seed_everything``, ``get_device`` and ``get_preset``; training code calls
+``save_checkpoint`` / ``load_checkpoint``.
+
+Presets
+-------
+A preset fixes the sizes a lesson uses so that the same notebook runs as a toy on a
+laptop CPU and at a useful size on a GPU:
+
+* ``cpu``   -- the default without CUDA: 32x32 images, tiny models, minutes on 2 cores.
+* ``gpu16`` -- chosen automatically on a CUDA card with less than 40 GB (a Colab T4/L4).
+* ``gpu80`` -- chosen automatically on a CUDA card with 40 GB or more (A100/H100).
+
+Set the environment variable ``DALLE_PRESET`` (``cpu``, ``gpu16`` or ``gpu80``) to force one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+PRESET_ENV = "DALLE_PRESET"
+
+
+# --------------------------------------------------------------------------- seeding
+def seed_everything(seed: int = 0, deterministic: bool = True) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA); return a fresh torch.Generator.
+
+    With ``deterministic`` the cuDNN autotuner is switched off so that the same seed gives
+    the same numbers on the same machine.
+    """
+    if not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return torch.Generator().manual_seed(seed)
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every random number generator's state, so a resumed run draws the same numbers."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``get_rng_state`` captured."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- devices
+def get_device(prefer: str | None = None) -> torch.device:
+    """The best available device: CUDA, then Apple MPS, then CPU.
+
+    ``prefer`` ("cpu", "cuda", "mps") overrides the choice; asking for a device that is not
+    available raises a ValueError that says which are.
+    """
+    available = ["cpu"]
+    if torch.backends.mps.is_available():
+        available.insert(0, "mps")
+    if torch.cuda.is_available():
+        available.insert(0, "cuda")
+    if prefer is not None:
+        name = str(prefer).split(":")[0]
+        if name not in available:
+            raise ValueError(f"device {prefer!r} is not available here; available: {available}")
+        return torch.device(prefer)
+    return torch.device(available[0])
+
+
+# --------------------------------------------------------------------------- presets
+@dataclass(frozen=True)
+class Preset:
+    """Sizes a lesson uses. Lessons read the fields they need and ignore the rest."""
+
+    name: str
+    image_size: int  # pixels per side of training images
+    batch_size: int
+    # dVAE (lessons 03-04): image_size -> grid x grid tokens from a codebook of n_codes
+    dvae_grid: int
+    dvae_codes: int
+    dvae_hidden: int
+    # transformer prior (lessons 06-08)
+    text_len: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    # how much longer than the CPU toy a training loop may run
+    steps_scale: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+    def replace(self, **changes) -> "Preset":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, Preset] = {
+    "cpu": Preset("cpu", image_size=32, batch_size=32, dvae_grid=8, dvae_codes=512,
+                  dvae_hidden=64, text_len=32, d_model=256, n_layers=4, n_heads=4,
+                  steps_scale=1.0),
+    "gpu16": Preset("gpu16", image_size=64, batch_size=128, dvae_grid=16, dvae_codes=1024,
+                    dvae_hidden=128, text_len=64, d_model=512, n_layers=12, n_heads=8,
+                    steps_scale=4.0),
+    "gpu80": Preset("gpu80", image_size=128, batch_size=256, dvae_grid=16, dvae_codes=8192,
+                    dvae_hidden=256, text_len=128, d_model=1024, n_layers=24, n_heads=16,
+                    steps_scale=8.0),
+}
+
+
+def get_preset(name: str | None = None, device: torch.device | str | None = None) -> Preset:
+    """Pick a preset: ``name``, else ``$DALLE_PRESET``, else by device (CPU -> ``cpu``;
+    CUDA under 40 GB -> ``gpu16``; CUDA with 40 GB or more -> ``gpu80``)."""
+    name = name or os.environ.get(PRESET_ENV) or None
+    if name is None:
+        device = torch.device(device) if device is not None else get_device()
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            total = torch.cuda.get_device_properties(index).total_memory
+            name = "gpu80" if total >= 40 * 2**30 else "gpu16"
+        else:
+            name = "cpu"
+    key = name.strip().lower()
+    if key not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (from the argument or ${PRESET_ENV}); "
+                         f"choose one of {sorted(PRESETS)}")
+    return PRESETS[key]
+
+
+# --------------------------------------------------------------------------- checkpoints
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash at any moment leaves either the old file
+    or the new one, never a torn one: write a temp file beside it, fsync, rename, fsync dir."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # some filesystems (and Windows) cannot fsync a directory
+        pass
+
+
+def _to_plain(config: Any) -> Any:
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    return config
+
+
+def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None, config: Any = None,
+                    step: int = 0, extra: dict | None = None, rng: bool = True) -> Path:
+    """Save a training checkpoint atomically.
+
+    It records the model and optimizer state, the config (a dataclass is stored as a dict),
+    the step, every RNG's state (so a resumed run continues exactly) and any ``extra``.
+    """
+    state = {
+        "format": "dalle_mini_impl.checkpoint/1",
+        "config": _to_plain(config),
+        "step": int(step),
+        "model": model.state_dict() if model is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "rng": get_rng_state() if rng else None,
+        "extra": extra or {},
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None, restore_rng: bool = False,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by ``save_checkpoint``; optionally load its states into
+    ``model`` and ``optimizer`` and restore the RNGs. Returns the whole checkpoint dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: check the path, or train first")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # a torn or foreign file
+        raise ValueError(f"{path} is not a readable checkpoint ({exc}); "
+                         "it may be from another program or damaged") from exc
+    if not isinstance(state, dict) or state.get("format", "").split("/")[0] != "dalle_mini_impl.checkpoint":
+        raise ValueError(f"{path} was not written by dalle_mini_impl.save_checkpoint")
+    if model is not None:
+        if state["model"] is None:
+            raise ValueError(f"{path} holds no model weights")
+        model.load_state_dict(state["model"])
+    if optimizer is not None:
+        if state["optimizer"] is None:
+            raise ValueError(f"{path} holds no optimizer state")
+        optimizer.load_state_dict(state["optimizer"])
+    if restore_rng and state.get("rng") is not None:
+        set_rng_state(state["rng"])
+    return state
+
+
+def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (optionally only those with requires_grad)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def repo_root() -> Path:
+    """The repository root (the folder that holds ``dalle_mini_impl``), for finding data/."""
+    return Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """The shipped ``data/`` folder."""
+    return repo_root() / "data"
