@@ -15,6 +15,9 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -r requirements.txt
+	# OpenAI's released dVAE, only to test that our paper-size dVAE is weight-compatible
+	# (--no-deps: its declared needs would pull torchvision and a CUDA torch)
+	$(BIN)/python -m pip install -q --no-deps DALL-E==0.1
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
