@@ -73,16 +73,15 @@ def show_images(images, nrow: int | None = None, title: str | None = None,
         n = len(x)
         nrow = nrow or min(n, 8)
         rows = math.ceil(n / nrow)
-        fig, axes = plt.subplots(rows, nrow, figsize=(1.6 * nrow * scale, 1.9 * rows * scale),
-                                 squeeze=False)
+        fig, axes = plt.subplots(rows, nrow, figsize=(1.7 * nrow * scale, 2.2 * rows * scale),
+                                 squeeze=False, layout="constrained")
         for i, a in enumerate(axes.flat):
             a.axis("off")
             if i < n:
                 a.imshow(x[i])
-                a.set_title(_wrap(captions[i], 22), fontsize=7)
+                a.set_title(_wrap(captions[i], 24), fontsize=7)
         if title:
             fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
         return fig
     grid = image_grid(x, nrow)
     if ax is None:
@@ -98,7 +97,7 @@ def show_images(images, nrow: int | None = None, title: str | None = None,
 def _wrap(text: str, width: int) -> str:
     import textwrap
 
-    return "\n".join(textwrap.wrap(str(text), width)[:3])
+    return "\n".join(textwrap.wrap(str(text), width)[:4])
 
 
 def plot_curves(curves: Mapping[str, Sequence[float]], xlabel: str = "step", ylabel: str = "loss",

@@ -267,6 +267,8 @@ def _generate(n, size, seed, split, counts, holdout):
         for slot in (0, 1):
             lab = labels[sl, slot]
             has = lab[:, 0] >= 0
+            if not has.any():
+                continue
             c = centres[lab[:, 3]] + jitter[sl, slot]
             r = np.where(has, radii[lab[:, 2]] * rjit[sl, slot], 0.0).astype(np.float32)
             cov = _coverage(np.where(has, lab[:, 0], 0), c[:, 0], c[:, 1], r, size)[:, None]

@@ -1,0 +1,118 @@
+"""Seeding, device and preset choice, atomic checkpoints."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from dalle_mini_impl import utils
+from dalle_mini_impl.utils import (get_device, get_preset, load_checkpoint, save_checkpoint,
+                                   seed_everything)
+
+
+def test_seed_gives_same_numbers():
+    seed_everything(3)
+    a = torch.randn(5)
+    seed_everything(3)
+    assert torch.equal(a, torch.randn(5))
+    with pytest.raises(TypeError):
+        seed_everything("3")
+
+
+def test_device_and_presets(monkeypatch):
+    assert get_device().type in ("cpu", "cuda", "mps")
+    assert get_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="not available"):
+            get_device("cuda")
+    monkeypatch.delenv(utils.PRESET_ENV, raising=False)
+    assert get_preset(device="cpu").name == "cpu"
+    monkeypatch.setenv(utils.PRESET_ENV, "gpu16")
+    assert get_preset().name == "gpu16"
+    monkeypatch.setenv(utils.PRESET_ENV, "huge")
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset()
+    assert get_preset("gpu80").image_size >= 64
+
+
+def _tiny():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_checkpoint_round_trip_restores_everything(tmp_path):
+    model, opt = _tiny()
+    seed_everything(5)
+    path = save_checkpoint(tmp_path / "ck.pt", model=model, optimizer=opt,
+                           config={"d": 3}, step=17, extra={"note": "x"})
+    expected_next = torch.rand(3)  # what the RNG draws right after saving
+    model2 = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=0.1)
+    state = load_checkpoint(path, model=model2, optimizer=opt2, restore_rng=True)
+    assert state["step"] == 17 and state["config"] == {"d": 3} and state["extra"] == {"note": "x"}
+    assert torch.equal(torch.rand(3), expected_next)
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)
+    assert opt2.state_dict()["state"][0]["exp_avg"].equal(opt.state_dict()["state"][0]["exp_avg"])
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp files left
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"a": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not written by"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
+    model, opt = _tiny()
+    path = save_checkpoint(tmp_path / "ck.pt", model=model, step=1)
+    before = path.read_bytes()
+
+    def broken_fsync(fd):
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the write
+
+    monkeypatch.setattr(utils.os, "fsync", broken_fsync)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model=model, step=2)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_killed_process_leaves_old_file(tmp_path):
+    """A process killed (os._exit, as by SIGKILL) half-way through writing leaves the old
+    checkpoint intact and loadable."""
+    model, _ = _tiny()
+    path = save_checkpoint(tmp_path / "ck.pt", model=model, step=1)
+    before = path.read_bytes()
+    code = textwrap.dedent(f"""
+        import os, torch
+        from dalle_mini_impl import utils
+        real_write = os.fdopen
+        def dying_fdopen(fd, mode):
+            f = real_write(fd, mode)
+            class Dying:
+                def __enter__(self): return self
+                def __exit__(self, *a): return False
+                def write(self, data):
+                    f.write(data[: len(data) // 2]); f.flush()
+                    os._exit(137)  # killed mid-write
+            return Dying()
+        utils.os.fdopen = dying_fdopen
+        utils.save_checkpoint({str(path)!r}, model=torch.nn.Linear(50, 50), step=2)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd())
+    assert proc.returncode == 137
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)["step"] == 1
