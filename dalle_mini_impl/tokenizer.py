@@ -1,0 +1,256 @@
+"""``tokenizer``: the caption tokenizer DALL-E uses, built on Hugging Face ``tokenizers``
+(paper section 2.2).
+
+The paper lowercases a caption and encodes it with BPE (vocabulary 16,384, BPE dropout 0.1
+while training, Provilkov et al. 2020) into at most 256 tokens; a shorter caption leaves
+text positions empty, and each position has its own padding token (Ramesh et al. 2021, 2.2 and
+B.2). Here:
+
+* BPE: byte-level, lowercase (``tokenizers``: normalizer Strip + collapse whitespace +
+  Lowercase; pre-tokenizer ``ByteLevel(add_prefix_space=True)``; ``BpeTrainer`` with the
+  256-byte initial alphabet). Lesson 05 shows it learns the same merges as ``bpe.train``.
+* Ids ``0 .. bpe_vocab_size - 1`` are BPE tokens; the padding at text position ``i`` is
+  id ``bpe_vocab_size + i``. The text embedding table therefore needs
+  ``n_text_tokens = bpe_vocab_size + text_len`` rows; ``vocab_size`` is that number.
+* Captions longer than ``text_len`` tokens are truncated, with one warning per call that
+  counts them. Empty and whitespace-only captions encode to all padding. Non-strings
+  raise TypeError.
+* Dropout (training only): with ``dropout = p > 0`` each word is re-segmented by
+  ``bpe.BPE.encode_word`` with the same merges, skipping each merge with probability p,
+  drawn from a seeded RNG, so runs are reproducible (``tokenizers``' own dropout uses an
+  unseeded thread RNG). With ``dropout = 0`` the ids are the library's, exactly.
+* ``save(path)`` writes one JSON file: the ``tokenizers`` JSON plus ``text_len``.
+"""
+from __future__ import annotations
+
+import json
+import random
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from . import bpe
+
+FORMAT = "dalle_mini_impl.CaptionTokenizer/1"
+
+
+@dataclass
+class TokenizerConfig:
+    text_len: int = 32       # text positions; DALL-E uses 256
+    dropout: float = 0.0     # BPE dropout while training; DALL-E uses 0.1
+    seed: int = 0            # seeds the dropout RNG
+
+
+def _hf_tokenizer(lowercase: bool = True):
+    """An untrained byte-level BPE ``tokenizers.Tokenizer`` configured the DALL-E way."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    tok = Tokenizer(models.BPE())
+    steps = [normalizers.Strip(), normalizers.Replace(Regex(r"\s+"), " ")]
+    tok.normalizer = normalizers.Sequence(steps + ([normalizers.Lowercase()] if lowercase else []))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _check_captions(captions) -> list[str]:
+    if isinstance(captions, str):
+        captions = [captions]
+    if not isinstance(captions, (list, tuple)):
+        try:
+            captions = list(captions)
+        except TypeError:
+            raise TypeError(f"captions must be a str or a list of str, got {type(captions).__name__}") from None
+    for i, c in enumerate(captions):
+        if not isinstance(c, str):
+            raise TypeError(f"caption {i} is a {type(c).__name__} ({c!r:.40}), not a str: "
+                            "pass text, e.g. str(x) or bytes.decode('utf-8')")
+    return list(captions)
+
+
+class CaptionTokenizer:
+    """Byte-level BPE captions -> (B, text_len) ids with per-position padding.
+
+    Build one with :meth:`train_from_captions` (or :func:`course_tokenizer`), or
+    :meth:`load` a saved one. ``encode`` -> LongTensor (B, text_len); ``decode`` -> list[str].
+    """
+
+    def __init__(self, hf_tokenizer, config: TokenizerConfig | None = None):
+        self.hf = hf_tokenizer
+        self.config = config or TokenizerConfig()
+        if self.config.text_len < 1:
+            raise ValueError(f"text_len must be at least 1, got {self.config.text_len}")
+        self.dropout = self.config.dropout  # setter checks the range
+        self.rng = random.Random(self.config.seed)
+        self._bpe: bpe.BPE | None = None  # our BPE with the same merges, built on first dropout use
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def text_len(self) -> int:
+        return self.config.text_len
+
+    @property
+    def bpe_vocab_size(self) -> int:
+        """BPE tokens learned (at most the requested vocabulary: a small corpus saturates)."""
+        return self.hf.get_vocab_size()
+
+    @property
+    def n_text_tokens(self) -> int:
+        """Rows of the text embedding table: BPE tokens + one padding token per position."""
+        return self.bpe_vocab_size + self.text_len
+
+    vocab_size = n_text_tokens  # what lesson 08's embedding needs; see the module docstring
+
+    def pad_ids(self, text_len: int | None = None) -> torch.Tensor:
+        """(text_len,) the padding id of each position: bpe_vocab_size + i."""
+        return self.bpe_vocab_size + torch.arange(text_len or self.text_len)
+
+    # ------------------------------------------------------------------ dropout
+    @property
+    def dropout(self) -> float:
+        return self._dropout
+
+    @dropout.setter
+    def dropout(self, p: float) -> None:
+        if not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}; DALL-E trains with 0.1, evaluates with 0")
+        self._dropout = float(p)
+
+    def seed(self, seed: int) -> None:
+        """Restart the dropout RNG: the same seed gives the same segmentations."""
+        self.rng = random.Random(seed)
+
+    # ------------------------------------------------------------------ training / io
+    @classmethod
+    def train_from_captions(cls, captions: Iterable[str], vocab_size: int = 512, text_len: int = 32,
+                            dropout: float = 0.0, min_frequency: int = 0, lowercase: bool = True,
+                            seed: int = 0) -> "CaptionTokenizer":
+        """Train the byte-level BPE on captions (offline) and wrap it.
+
+        ``vocab_size`` is the BPE vocabulary (DALL-E: 16,384; bytes included); the embedding
+        table then needs ``tok.vocab_size = tok.bpe_vocab_size + text_len`` rows."""
+        from tokenizers import pre_tokenizers, trainers
+
+        captions = _check_captions(captions)
+        if vocab_size < 256:
+            raise ValueError(f"vocab_size must be at least 256 (the byte alphabet), got {vocab_size}")
+        tok = _hf_tokenizer(lowercase)
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+        tok.train_from_iterator(captions, trainer)
+        return cls(tok, TokenizerConfig(text_len, dropout, seed))
+
+    def save(self, path: str | Path) -> Path:
+        """One JSON file: the ``tokenizers`` JSON and our config."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"format": FORMAT, "config": asdict(self.config) | {"dropout": self.dropout},
+                "tokenizer": json.loads(self.hf.to_str())}
+        path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CaptionTokenizer":
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no tokenizer file at {path}; make one with CaptionTokenizer.save(path)")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a CaptionTokenizer file (format {data.get('format')!r}, "
+                             f"expected {FORMAT!r})")
+        return cls(Tokenizer.from_str(json.dumps(data["tokenizer"])), TokenizerConfig(**data["config"]))
+
+    # ------------------------------------------------------------------ encode / decode
+    def _bpe_ids(self, captions: list[str]) -> list[list[int]]:
+        """Token ids of each caption (no padding, no truncation)."""
+        if self.dropout == 0.0:
+            return [e.ids for e in self.hf.encode_batch(captions)]
+        if self._bpe is None:
+            self._bpe = bpe.BPE.from_tokenizers_json(self.hf.to_str())
+        out = []
+        for c in captions:  # the library normalises and splits; our BPE merges with dropout
+            words = [w for w, _ in self.hf.pre_tokenizer.pre_tokenize_str(self.hf.normalizer.normalize_str(c))]
+            out.append([i for w in words for i in self._bpe.encode_word(w, self.dropout, self.rng)])
+        return out
+
+    def encode(self, captions: str | Sequence[str], text_len: int | None = None) -> torch.Tensor:
+        """Captions -> (B, text_len) LongTensor; position i of a short caption holds pad id
+        bpe_vocab_size + i. Longer captions are cut to text_len, with a warning."""
+        captions = _check_captions(captions)
+        text_len = self.text_len if text_len is None else int(text_len)
+        if not 1 <= text_len <= self.text_len:
+            raise ValueError(f"text_len must be in [1, {self.text_len}] (this tokenizer has {self.text_len} "
+                             f"padding ids), got {text_len}")
+        out = self.pad_ids(text_len).repeat(len(captions), 1)  # (B, T) all padding
+        blank = [not c.strip() for c in captions]
+        ids = self._bpe_ids([c for c, b in zip(captions, blank) if not b])
+        it = iter(ids)
+        too_long = 0
+        for row, b in enumerate(blank):
+            if b:
+                continue  # empty or whitespace-only: all padding
+            seq = next(it)
+            too_long += len(seq) > text_len
+            seq = seq[:text_len]
+            out[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        if too_long:
+            warnings.warn(f"{too_long} of {len(captions)} captions were longer than text_len={text_len} "
+                          "tokens and were truncated", stacklevel=2)
+        return out
+
+    def decode(self, ids: torch.Tensor | Sequence[int] | Sequence[Sequence[int]]) -> list[str]:
+        """(B, T) or (T,) ids -> B captions (padding dropped, normalised text)."""
+        t = torch.as_tensor(ids, dtype=torch.long)
+        if t.dim() == 1:
+            t = t[None]  # (1, T)
+        if t.dim() != 2:
+            raise ValueError(f"ids must be (B, T) or (T,), got shape {tuple(t.shape)}")
+        if (t < 0).any() or (t >= self.n_text_tokens).any():
+            raise ValueError(f"ids must lie in [0, {self.n_text_tokens}); got range "
+                             f"[{int(t.min())}, {int(t.max())}]")
+        rows = [[i for i in row if i < self.bpe_vocab_size] for row in t.tolist()]
+        return [s[1:] if s.startswith(" ") else s for s in self.hf.decode_batch(rows)]
+
+    def tokens(self, caption: str) -> list[str]:
+        """The token strings of one caption (readable, ``Ġ`` marks a space)."""
+        return [self.hf.id_to_token(int(i)) for i in self._bpe_ids(_check_captions([caption]))[0]]
+
+    def __repr__(self) -> str:
+        return (f"CaptionTokenizer(bpe_vocab_size={self.bpe_vocab_size}, text_len={self.text_len}, "
+                f"n_text_tokens={self.n_text_tokens}, dropout={self.dropout})")
+
+
+def course_captions() -> list[str]:
+    """Every phrasing of the course's caption language, deterministic and without drawing a
+    single image: all one-object shapes captions, the two-object ones of a fixed sample,
+    and every digits caption."""
+    from .datasets.digits import _TEMPLATES, digit_caption
+    from .datasets.shapes import (COLOUR_NAMES, ONE_TEMPLATES, POSITIONS, RELATIONS, SHAPES, SIZES,
+                                  TWO_TEMPLATES, caption_from_attributes)
+
+    objs = [{"shape": s, "colour": c, "size": z} for s in SHAPES for c in COLOUR_NAMES for z in SIZES]
+    caps = [caption_from_attributes({"objects": [o | {"position": p}], "relation": None}, v)
+            for o in objs for p in POSITIONS for v in range(len(ONE_TEMPLATES))]
+    rng = random.Random(0)
+    for _ in range(4000):
+        a, b = rng.sample(objs, 2)
+        caps.append(caption_from_attributes({"objects": [a, b], "relation": rng.choice(RELATIONS)},
+                                            rng.randrange(len(TWO_TEMPLATES))))
+    caps += [digit_caption(d, v) for d in range(10) for v in range(len(_TEMPLATES))] * 20
+    return caps
+
+
+def course_tokenizer(text_len: int | None = None, vocab_size: int = 512, dropout: float = 0.0) -> CaptionTokenizer:
+    """The course's tokenizer for shapes and digits captions, trained from scratch in well
+    under a second, the same every time. The caption language has a few dozen words, so
+    BPE saturates (every word one token) below ``vocab_size=512``. ``text_len`` defaults
+    to the preset's (32 on CPU)."""
+    if text_len is None:
+        from .utils import get_preset
+        text_len = get_preset().text_len
+    return CaptionTokenizer.train_from_captions(course_captions(), vocab_size, text_len, dropout)
