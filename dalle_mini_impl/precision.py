@@ -92,12 +92,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = [
     "float16_stats", "underflow_fraction", "GradientMonitor", "GradScaleConfig",
