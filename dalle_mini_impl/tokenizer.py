@@ -167,16 +167,18 @@ class CaptionTokenizer:
 
     # ------------------------------------------------------------------ encode / decode
     def _bpe_ids(self, captions: list[str]) -> list[list[int]]:
-        """Token ids of each caption (no padding, no truncation)."""
+        """Token ids of each caption (no padding, no truncation). Repeated captions are
+        normalised and split once; with dropout each occurrence still gets its own draws."""
+        unique = list(dict.fromkeys(captions))
         if self.dropout == 0.0:
-            return [e.ids for e in self.hf.encode_batch(captions)]
+            ids = dict(zip(unique, (e.ids for e in self.hf.encode_batch(unique))))
+            return [ids[c] for c in captions]
         if self._bpe is None:
             self._bpe = bpe.BPE.from_tokenizers_json(self.hf.to_str())
-        out = []
-        for c in captions:  # the library normalises and splits; our BPE merges with dropout
-            words = [w for w, _ in self.hf.pre_tokenizer.pre_tokenize_str(self.hf.normalizer.normalize_str(c))]
-            out.append([i for w in words for i in self._bpe.encode_word(w, self.dropout, self.rng)])
-        return out
+        # the library normalises and splits into byte-level words; our BPE merges with dropout
+        words = {c: [w for w, _ in self.hf.pre_tokenizer.pre_tokenize_str(self.hf.normalizer.normalize_str(c))]
+                 for c in unique}
+        return [[i for w in words[c] for i in self._bpe.encode_word(w, self.dropout, self.rng)] for c in captions]
 
     def encode(self, captions: str | Sequence[str], text_len: int | None = None) -> torch.Tensor:
         """Captions -> (B, text_len) LongTensor; position i of a short caption holds pad id
@@ -186,18 +188,13 @@ class CaptionTokenizer:
         if not 1 <= text_len <= self.text_len:
             raise ValueError(f"text_len must be in [1, {self.text_len}] (this tokenizer has {self.text_len} "
                              f"padding ids), got {text_len}")
-        out = self.pad_ids(text_len).repeat(len(captions), 1)  # (B, T) all padding
-        blank = [not c.strip() for c in captions]
-        ids = self._bpe_ids([c for c, b in zip(captions, blank) if not b])
-        it = iter(ids)
-        too_long = 0
-        for row, b in enumerate(blank):
-            if b:
-                continue  # empty or whitespace-only: all padding
-            seq = next(it)
-            too_long += len(seq) > text_len
-            seq = seq[:text_len]
-            out[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        blank = [not c.strip() for c in captions]  # empty or whitespace-only: all padding
+        it = iter(self._bpe_ids([c for c, b in zip(captions, blank) if not b]))
+        seqs = [[] if b else next(it) for b in blank]
+        too_long = sum(len(s) > text_len for s in seqs)
+        pad = list(range(self.bpe_vocab_size, self.bpe_vocab_size + text_len))
+        out = torch.tensor([s[:text_len] + pad[len(s):] for s in seqs], dtype=torch.long)  # (B, T)
+        out = out.reshape(len(captions), text_len)
         if too_long:
             warnings.warn(f"{too_long} of {len(captions)} captions were longer than text_len={text_len} "
                           "tokens and were truncated", stacklevel=2)

@@ -131,6 +131,8 @@ def test_dropout_switch(mixed_tok):
     real = lambda t: (t < mixed_tok.bpe_vocab_size).sum()
     assert real(a) > real(plain)  # dropout splits words into more, shorter tokens
     assert mixed_tok.decode(a) == mixed_tok.decode(plain) == [bpe.normalize(c) for c in caps]
+    repeated = mixed_tok.encode(["two children fly a yellow kite on a windy beach"] * 30)
+    assert len({tuple(r.tolist()) for r in repeated}) > 1  # each occurrence draws its own dropout
     mixed_tok.dropout = 0.0
     with pytest.raises(ValueError, match="dropout"):
         mixed_tok.dropout = 1.0
