@@ -1,0 +1,73 @@
+"""Command line: generate images from a caption with a trained DALL-E system.
+
+    python -m dalle_mini_impl generate "a small red circle on the left" --n 8 --out grid.png
+
+``--model`` is a directory written by ``python -m dalle_mini_impl.train dalle`` (default: the
+tiny system shipped in data/dalle_shapes_toy). Several captions may be given; the grid has
+one row per caption. Sampling: ``--temperature``, ``--top-k``, ``--top-p``, ``--seed``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "dalle_shapes_toy"  # under data/
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dalle_mini_impl",
+                                     description="DALL-E from scratch: generate images from captions.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="captions -> a PNG grid of generated images")
+    g.add_argument("captions", nargs="+", help="one or more captions (quote each one)")
+    g.add_argument("--n", type=int, default=8, help="images per caption")
+    g.add_argument("--out", default="outputs/generated.png", help="PNG file to write")
+    g.add_argument("--model", default=None, help=f"model directory (default: data/{DEFAULT_MODEL})")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=32, help="0: no top-k filtering")
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--upscale", type=int, default=4, help="pixel size of the PNG grid")
+    return parser
+
+
+def generate_command(args: argparse.Namespace) -> Path:
+    import torch
+
+    from .dalle import DALLE
+    from .utils import data_dir, get_device
+    from .viz import save_image_grid
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.n < 1:
+        raise SystemExit("error: --n must be at least 1")
+    model_dir = Path(args.model) if args.model else data_dir() / DEFAULT_MODEL
+    t = time.perf_counter()
+    model = DALLE.load(model_dir, device=get_device(args.device))
+    images = model.generate(args.captions, n=args.n, temperature=args.temperature,
+                            top_k=args.top_k or None, top_p=args.top_p, seed=args.seed,
+                            bf16=model.device.type != "mps")
+    out = Path(args.out)
+    save_image_grid(images, out, nrow=args.n, upscale=args.upscale)
+    print(f"wrote {out}: {len(args.captions)} caption(s) x {args.n} images in "
+          f"{time.perf_counter() - t:.1f} s ({model_dir.name}, {model.device.type})")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        generate_command(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

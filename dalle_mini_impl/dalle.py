@@ -1,0 +1,381 @@
+"""DALL-E assembled: caption tokenizer + frozen dVAE + transformer prior.
+
+Paper: Ramesh et al. 2021, *Zero-Shot Text-to-Image Generation*, section 2.2 (the joint
+model over text and image tokens), 2.6 and 3.3 (sampling, image priming), appendix B.2
+(training).
+
+The token layout (one stream, one transformer; :mod:`dalle_mini_impl.transformer`)::
+
+    text_0 .. text_{T-1}          image_0 .. image_{N-1}
+    BPE ids, then pad_T(i)        dVAE codes of the G x G grid, raster order
+    (a different padding id       (N = G * G)
+     for every text position i)
+
+The model is trained by maximum likelihood of the whole stream. The paper weights the two
+parts (2.2: "we normalize the cross-entropy losses for the text and image tokens by the
+total number of each kind in a batch of data ... the loss for the text tokens is weighted
+by 1/8 and the loss for the image tokens by 7/8"):
+
+.. math::
+
+    \\mathcal{L} = \\tfrac18 \\cdot \\frac{1}{B T}\\sum_{b,t} -\\ln p(t_{b,t} \\mid t_{b,<t})
+                 + \\tfrac78 \\cdot \\frac{1}{B N}\\sum_{b,n} -\\ln p(z_{b,n} \\mid t_b, z_{b,<n})
+
+(:func:`dalle_loss`). Padding tokens are real targets: each position has its own padding
+id, so the model learns where a caption ends.
+
+Sampling (2.6): read the caption once into a KV cache, then draw the N image tokens one at
+a time (temperature, top-k, top-p), optionally after the first rows of a given image's
+tokens (*image priming*, 3.3, used for image-to-image translation), and decode them with
+the dVAE. :meth:`DALLE.generate` does it in batches.
+
+A ``DALLE`` is saved as one directory (:meth:`DALLE.save` / :meth:`DALLE.load`)::
+
+    config.json      DALLEConfig + the transformer and dVAE configs
+    tokenizer.json   the caption tokenizer
+    dvae.pt          the frozen dVAE (weights + config)
+    prior.pt         the transformer weights
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .dvae import DiscreteVAE, DVAEConfig
+from .tokenizer import CaptionTokenizer
+from .transformer import Transformer, TransformerConfig
+
+FORMAT = "dalle_mini_impl.DALLE/1"
+TEXT_WEIGHT = 1 / 8  # section 2.2
+
+
+# --------------------------------------------------------------------------- the loss
+def dalle_loss(text_logits: torch.Tensor, image_logits: torch.Tensor, text_ids: torch.Tensor,
+               image_ids: torch.Tensor, text_weight: float = TEXT_WEIGHT) -> dict[str, torch.Tensor]:
+    """The paper's weighted cross-entropy (2.2).
+
+    text_logits (B, T, Vt), image_logits (B, N, Vi), text_ids (B, T), image_ids (B, N).
+    Each cross-entropy is the mean over its own tokens (normalised by its token count), then
+    ``loss = text_weight * text + (1 - text_weight) * image``. Logits are cast to float32.
+    Returns dict(loss, text, image).
+    """
+    if not 0.0 <= text_weight <= 1.0:
+        raise ValueError(f"text_weight must be in [0, 1] (the paper uses 1/8), got {text_weight}")
+    text = F.cross_entropy(text_logits.float().flatten(0, 1), text_ids.flatten())     # mean over B*T
+    image = F.cross_entropy(image_logits.float().flatten(0, 1), image_ids.flatten())  # mean over B*N
+    return {"loss": text_weight * text + (1.0 - text_weight) * image, "text": text, "image": image}
+
+
+# --------------------------------------------------------------------------- sampling
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Keep the ``top_k`` largest logits of each row and/or the smallest set whose
+    probability reaches ``top_p`` (nucleus sampling, Holtzman et al. 2019); the rest -> -inf."""
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens before it already hold top_p of the mass
+        drop_sorted = probs.cumsum(-1) - probs >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of logits (B, V). ``temperature == 0`` is greedy (argmax)."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
+
+
+# --------------------------------------------------------------------------- the system
+@dataclass
+class DALLEConfig:
+    """What ties the three parts together. ``prior`` sizes the transformer; its vocabularies
+    and lengths must match the tokenizer and the dVAE (checked by :class:`DALLE`)."""
+
+    prior: TransformerConfig = field(default_factory=TransformerConfig)
+    text_weight: float = TEXT_WEIGHT
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if isinstance(d["prior"]["attention"], tuple):
+            d["prior"]["attention"] = list(d["prior"]["attention"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DALLEConfig":
+        prior = dict(d["prior"])
+        if isinstance(prior.get("attention"), list):
+            prior["attention"] = tuple(prior["attention"])
+        return cls(prior=TransformerConfig(**prior), text_weight=d.get("text_weight", TEXT_WEIGHT))
+
+
+def prior_config_for(tokenizer: CaptionTokenizer, dvae: DiscreteVAE, **sizes) -> TransformerConfig:
+    """A TransformerConfig whose vocabularies and lengths fit this tokenizer and dVAE;
+    ``sizes`` sets the rest (d_model, n_layers, n_heads, attention, ...)."""
+    return TransformerConfig(text_vocab=tokenizer.vocab_size, image_vocab=dvae.config.n_codes,
+                             text_len=tokenizer.text_len, image_grid=dvae.config.grid, **sizes)
+
+
+class DALLE(nn.Module):
+    """Caption tokenizer + frozen dVAE + transformer prior.
+
+    * ``forward(text_ids, image_ids) -> dict(loss, text, image)``: the training loss on
+      token ids (images pre-tokenised by the dVAE);
+    * ``loss(images, captions)``: the same from raw images and captions;
+    * ``generate(captions, n, ...) -> images``; ``generate_tokens`` for the token ids;
+    * ``save(dir)`` / ``DALLE.load(dir)``.
+    """
+
+    def __init__(self, tokenizer: CaptionTokenizer, dvae: DiscreteVAE, config: DALLEConfig | None = None):
+        super().__init__()
+        config = config or DALLEConfig(prior=prior_config_for(tokenizer, dvae))
+        p = config.prior
+        if p.text_vocab != tokenizer.vocab_size or p.text_len != tokenizer.text_len:
+            raise ValueError(f"the prior expects text_vocab={p.text_vocab}, text_len={p.text_len}; the "
+                             f"tokenizer has vocab_size={tokenizer.vocab_size}, text_len={tokenizer.text_len}: "
+                             "build the config with prior_config_for(tokenizer, dvae, ...)")
+        if p.image_vocab != dvae.config.n_codes or p.image_grid != dvae.config.grid:
+            raise ValueError(f"the prior expects image_vocab={p.image_vocab}, image_grid={p.image_grid}; the "
+                             f"dVAE has n_codes={dvae.config.n_codes}, grid={dvae.config.grid}: "
+                             "build the config with prior_config_for(tokenizer, dvae, ...)")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.dvae = dvae.eval().requires_grad_(False)  # frozen: stage 2 trains only the prior
+        self.prior = Transformer(p)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def text_len(self) -> int:
+        return self.config.prior.text_len
+
+    @property
+    def grid(self) -> int:
+        return self.config.prior.image_grid
+
+    @property
+    def image_size(self) -> int:
+        return self.dvae.config.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.prior.start.device
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.dvae.eval()  # the dVAE stays in eval mode
+        return self
+
+    # ------------------------------------------------------------------ inputs
+    def encode_text(self, captions: str | Sequence[str]) -> torch.Tensor:
+        """Captions -> (B, T) ids with per-position padding. Empty captions, too-long captions
+        and non-strings raise a ValueError / TypeError that says what to do."""
+        if isinstance(captions, str):
+            captions = [captions]
+        if not isinstance(captions, (list, tuple)):
+            raise TypeError(f"captions must be a str or a list of str, got {type(captions).__name__}")
+        if len(captions) == 0:
+            raise ValueError("no captions given: pass at least one caption")
+        for i, c in enumerate(captions):
+            if not isinstance(c, str):
+                raise TypeError(f"caption {i} is a {type(c).__name__} ({c!r:.40}), not a str")
+            if not c.strip():
+                raise ValueError(f"caption {i} is empty: describe the image, e.g. 'a small red circle on the left'")
+        lengths = [len(ids) for ids in self.tokenizer._bpe_ids(list(captions))]
+        for i, n in enumerate(lengths):
+            if n > self.text_len:
+                raise ValueError(f"caption {i} is {n} tokens long; this model reads at most {self.text_len}. "
+                                 f"Shorten it: {captions[i]!r:.80}")
+        return self.tokenizer.encode(list(captions)).to(self.device)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Images (B, C, S, S) in [0, 1] -> dVAE token ids (B, N), raster order."""
+        return self.dvae.encode(images.to(self.device), batch_size).flatten(1)
+
+    @torch.no_grad()
+    def decode_tokens(self, image_ids: torch.Tensor) -> torch.Tensor:
+        """(B, N) token ids -> images (B, C, S, S) in [0, 1]."""
+        return self.dvae.decode(image_ids.view(-1, self.grid, self.grid))
+
+    # ------------------------------------------------------------------ training
+    def forward(self, text_ids: torch.Tensor, image_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """text_ids (B, T), image_ids (B, N) -> dict(loss, text, image) (:func:`dalle_loss`)."""
+        text_logits, image_logits = self.prior(text_ids, image_ids)  # (B, T, Vt), (B, N, Vi)
+        return dalle_loss(text_logits, image_logits, text_ids, image_ids, self.config.text_weight)
+
+    def loss(self, images: torch.Tensor, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The loss from images (B, C, S, S) in [0, 1] and their captions."""
+        return self(self.encode_text(captions), self.encode_images(images))
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate_tokens(self, text_ids: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                        top_p: float | None = None, generator: torch.Generator | None = None,
+                        prime: torch.Tensor | None = None, use_cache: bool = True) -> torch.Tensor:
+        """Sample image tokens after each caption: text_ids (B, T) -> (B, N).
+
+        ``prime`` (B, k) fixes the first k image tokens (paper 3.3: the top rows of an
+        image); sampling continues from token k. With ``use_cache`` the caption and the
+        prime are read once into a KV cache and each new token costs one position; without
+        it each token re-runs the full forward pass (same tokens for the same generator)."""
+        model, T, N = self.prior, self.text_len, self.grid ** 2
+        B = text_ids.shape[0]
+        image = text_ids.new_zeros(B, N)  # (B, N)
+        k = 0
+        if prime is not None:
+            prime = prime.to(text_ids.device).long().reshape(B, -1)
+            k = prime.shape[1]
+            if not 0 <= k < N:
+                raise ValueError(f"prime must hold fewer than {N} tokens per image, got {k}")
+            image[:, :k] = prime
+        if use_cache:
+            cache = model.init_cache(B)
+            logits = model.prefill(text_ids, cache)  # (B, Vi): logits of image_0
+            if k:
+                x = model.embed(T + 1, image[:, :k], B)  # read image_0 .. image_{k-1}
+                h = model._run_cached(x, T + 1, cache)
+                logits = model._logits(h[:, -1:], T + k)[1][:, 0]  # logits of image_k
+            for j in range(k, N):
+                image[:, j] = sample_logits(logits, temperature, top_k, top_p, generator)
+                if j + 1 < N:
+                    logits = model.step(image[:, j], T + 1 + j, cache)
+        else:
+            for j in range(k, N):
+                logits = model(text_ids, image[:, :j + 1])[1][:, j]  # image[:, j] is not read
+                image[:, j] = sample_logits(logits, temperature, top_k, top_p, generator)
+        return image
+
+    @torch.no_grad()
+    def generate(self, captions: str | Sequence[str], n: int = 1, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
+                 prime_images: torch.Tensor | None = None, prime_rows: int = 0,
+                 batch_size: int = 64, use_cache: bool = True, bf16: bool | None = None,
+                 return_tokens: bool = False):
+        """``n`` images for each caption: (len(captions) * n, C, S, S) in [0, 1], caption-major
+        (the n images of caption 0 first).
+
+        ``seed`` fixes the draws (None: PyTorch's global RNG); ``prime_images`` (one per
+        caption, (B, C, S, S)) with ``prime_rows`` > 0 keeps the top rows of each image's
+        tokens and samples the rest (paper 3.3). ``bf16`` autocasts on CPU (default: off;
+        on for speed when asked). With ``return_tokens`` also returns the (B*n, N) ids."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        text = self.encode_text(captions).repeat_interleave(n, dim=0)  # (B n, T)
+        prime = None
+        if prime_rows:
+            if prime_images is None:
+                raise ValueError("prime_rows > 0 needs prime_images (one image per caption)")
+            if not 0 < prime_rows < self.grid:
+                raise ValueError(f"prime_rows must be in [1, {self.grid - 1}], got {prime_rows}")
+            ids = self.encode_images(prime_images)  # (B, N)
+            if len(ids) * n != len(text):
+                raise ValueError(f"give one prime image per caption: {len(ids)} images, {len(text) // n} captions")
+            prime = ids[:, :prime_rows * self.grid].repeat_interleave(n, dim=0)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        was = self.training
+        self.eval()
+        ctx = torch.autocast("cpu", torch.bfloat16) if bf16 and self.device.type == "cpu" else \
+            torch.autocast(self.device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
+        out = []
+        with ctx:
+            for s in range(0, len(text), batch_size):
+                p = None if prime is None else prime[s:s + batch_size]
+                out.append(self.generate_tokens(text[s:s + batch_size], temperature, top_k, top_p,
+                                                generator, p, use_cache))
+        self.train(was)
+        tokens = torch.cat(out)  # (B n, N)
+        images = self.decode_tokens(tokens).cpu()
+        return (images, tokens) if return_tokens else images
+
+    # ------------------------------------------------------------------ saving
+    def save(self, path: str | Path, weights_dtype: torch.dtype | None = None,
+             extra: dict | None = None) -> Path:
+        """Write the whole system to the directory ``path`` (config, tokenizer, dVAE, prior).
+        ``weights_dtype`` (e.g. torch.float16) stores the prior's floats smaller; they are
+        cast back to float32 on load."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        from .utils import atomic_write_bytes, save_checkpoint
+
+        state = {k: (v.to(weights_dtype) if weights_dtype is not None and v.is_floating_point() else v)
+                 for k, v in self.prior.state_dict().items()}
+        import io
+        buf = io.BytesIO()
+        torch.save({"format": FORMAT, "prior": state}, buf)
+        atomic_write_bytes(path / "prior.pt", buf.getvalue())
+        self.dvae.save(path / "dvae.pt")
+        self.tokenizer.save(path / "tokenizer.json")
+        meta = {"format": FORMAT, "config": self.config.to_dict(), "extra": extra or {}}
+        atomic_write_bytes(path / "config.json", (json.dumps(meta, indent=2) + "\n").encode())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "DALLE":
+        """A system saved by :meth:`save` (or by ``python -m dalle_mini_impl.train dalle``),
+        on ``device`` ("cpu", "cuda", ...), in eval mode."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"no DALL-E model directory at {path}: train one with "
+                                    "`python -m dalle_mini_impl.train dalle --out DIR` or use data/dalle_shapes_toy")
+        missing = [f for f in ("config.json", "tokenizer.json", "dvae.pt", "prior.pt") if not (path / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path} is not a complete DALL-E directory: missing {missing}")
+        meta = json.loads((path / "config.json").read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}/config.json has format {meta.get('format')!r}, expected {FORMAT!r}")
+        tokenizer = CaptionTokenizer.load(path / "tokenizer.json")
+        dvae = DiscreteVAE.load(path / "dvae.pt", map_location="cpu")
+        model = cls(tokenizer, dvae, DALLEConfig.from_dict(meta["config"]))
+        state = torch.load(path / "prior.pt", map_location="cpu", weights_only=True)["prior"]
+        model.prior.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        model.meta = meta.get("extra", {})
+        return model.to(device).eval()
+
+
+def memory_estimate(n_params: int, bytes_per_param: int = 16) -> float:
+    """GiB for weights + gradients + Adam moments with float32 master weights
+    (4 + 4 + 4 + 4 bytes per parameter), before activations."""
+    return n_params * bytes_per_param / 2**30
+
+
+def paper_prior_config() -> TransformerConfig:
+    """The paper's 12-billion-parameter prior (2.2, B.1): 64 layers, d_model 3968, 62 heads
+    of 64, 256 text tokens from a 16,384 BPE vocabulary (+256 padding ids) and 32 x 32
+    image tokens from 8,192 codes."""
+    return TransformerConfig(text_vocab=16384 + 256, image_vocab=8192, text_len=256, image_grid=32,
+                             d_model=3968, n_layers=64, n_heads=62)
+
+
+def count_prior_parameters(cfg: TransformerConfig) -> int:
+    """Parameters of a prior, counted without allocating memory (on the meta device)."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def time_generation(model: DALLE, captions: Sequence[str], n: int = 1, **kw) -> float:
+    """Seconds to generate n images per caption (a helper for benchmarks)."""
+    t = time.perf_counter()
+    model.generate(captions, n, **kw)
+    return time.perf_counter() - t

@@ -1,0 +1,279 @@
+"""Lesson 08: DALL-E assembled (dalle.py), its training command (train_dalle.py) and the
+generation CLI (__main__.py). Tiny sizes throughout so the file runs in well under a minute."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle_mini_impl import train_dalle
+from dalle_mini_impl.dalle import (DALLE, DALLEConfig, count_prior_parameters, dalle_loss,
+                                   filter_logits, paper_prior_config, prior_config_for)
+from dalle_mini_impl.dvae import DiscreteVAE, DVAEConfig
+from dalle_mini_impl.tokenizer import course_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+CAPTIONS = ["a small red circle on the left", "a large blue square at the top"]
+
+
+def tiny_dvae(seed: int = 0) -> DiscreteVAE:
+    torch.manual_seed(seed)
+    return DiscreteVAE(DVAEConfig.toy(image_size=16, grid=4, n_codes=32, n_hid=8, codebook_dim=8)).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return course_tokenizer(text_len=12)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    dvae = tiny_dvae()
+    torch.manual_seed(1)
+    cfg = DALLEConfig(prior_config_for(tokenizer, dvae, d_model=32, n_layers=2, n_heads=2))
+    return DALLE(tokenizer, dvae, cfg).eval()
+
+
+# --------------------------------------------------------------------------- the loss
+def test_loss_weighting_on_a_hand_made_batch():
+    # text: 2 positions, target probabilities 1/2 and 1/4 -> mean CE 1.5 ln 2
+    # image: 4 positions, target probabilities 1, 1/2, 1/2, 1/8 -> mean CE 1.25 ln 2
+    def logits_with(probs, vocab):
+        rows = []
+        for p in probs:  # target is token 0 with probability p; the rest share 1 - p
+            row = torch.full((vocab,), (1 - p) / (vocab - 1) if p < 1 else 1e-30)
+            row[0] = p
+            rows.append(row.log())
+        return torch.stack(rows)[None]  # (1, L, V)
+
+    tl = logits_with([0.5, 0.25], 4)
+    il = logits_with([1.0, 0.5, 0.5, 0.125], 8)
+    t_ids, i_ids = torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)
+    out = dalle_loss(tl, il, t_ids, i_ids)
+    ln2 = math.log(2)
+    assert out["text"].item() == pytest.approx(1.5 * ln2, rel=1e-5)
+    assert out["image"].item() == pytest.approx(1.25 * ln2, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(1.5 * ln2 / 8 + 7 * 1.25 * ln2 / 8, rel=1e-5)
+    # each part is normalised by its own token count: doubling the batch changes nothing,
+    # while a sum over tokens would double
+    out2 = dalle_loss(tl.repeat(2, 1, 1), il.repeat(2, 1, 1), t_ids.repeat(2, 1), i_ids.repeat(2, 1))
+    assert out2["loss"].item() == pytest.approx(out["loss"].item(), rel=1e-6)
+    # the weight is a knob: all text or all image
+    assert dalle_loss(tl, il, t_ids, i_ids, text_weight=1.0)["loss"].item() == pytest.approx(1.5 * ln2, rel=1e-5)
+    with pytest.raises(ValueError, match="text_weight"):
+        dalle_loss(tl, il, t_ids, i_ids, text_weight=1.5)
+
+
+def test_model_loss_is_the_weighted_cross_entropy_of_its_logits(model):
+    text = model.encode_text(CAPTIONS)
+    image = torch.randint(0, 32, (2, 16), generator=torch.Generator().manual_seed(0))
+    out = model(text, image)
+    tl, il = model.prior(text, image)
+    t = torch.nn.functional.cross_entropy(tl.flatten(0, 1), text.flatten())
+    i = torch.nn.functional.cross_entropy(il.flatten(0, 1), image.flatten())
+    torch.testing.assert_close(out["loss"], t / 8 + 7 * i / 8)
+
+
+# --------------------------------------------------------------------------- sampling
+def test_generate_with_cache_equals_without(model):
+    kw = dict(n=2, top_k=8, seed=123, return_tokens=True)
+    img_c, tok_c = model.generate(CAPTIONS, use_cache=True, **kw)
+    img_n, tok_n = model.generate(CAPTIONS, use_cache=False, **kw)
+    assert tok_c.shape == (4, 16) and img_c.shape == (4, 3, 16, 16)
+    assert torch.equal(tok_c, tok_n)
+    assert torch.equal(img_c, img_n)
+    # same seed, same images; another seed, other images
+    assert torch.equal(model.generate(CAPTIONS, **kw)[1], tok_c)
+    assert not torch.equal(model.generate(CAPTIONS, n=2, top_k=8, seed=7, return_tokens=True)[1], tok_c)
+
+
+def test_priming_keeps_the_top_rows(model):
+    prime = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ids = model.encode_images(prime)  # (2, 16)
+    kw = dict(n=1, top_k=8, seed=5, prime_images=prime, prime_rows=2, return_tokens=True)
+    _, tok = model.generate(CAPTIONS, **kw)
+    assert torch.equal(tok[:, :8], ids[:, :8])
+    assert torch.equal(tok, model.generate(CAPTIONS, use_cache=False, **kw)[1])
+    with pytest.raises(ValueError, match="prime_rows"):
+        model.generate(CAPTIONS, prime_images=prime, prime_rows=4)
+
+
+def test_top_p_and_top_k_filters():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).log_softmax(-1)
+    kept_k = torch.isfinite(filter_logits(logits, top_k=2))
+    assert kept_k.tolist() == [[True, True, False, False, False]]
+    p = logits.softmax(-1)[0]
+    kept_p = torch.isfinite(filter_logits(logits, top_p=float(p[0]) + 1e-4))
+    assert kept_p.tolist() == [[True, True, False, False, False]]  # the top token alone falls short
+    assert torch.isfinite(filter_logits(logits, top_p=1.0)).all()
+
+
+def test_bad_captions_raise_clear_errors(model):
+    with pytest.raises(ValueError, match="empty"):
+        model.generate([""])
+    with pytest.raises(ValueError, match="empty"):
+        model.generate(["   "])
+    with pytest.raises(ValueError, match="at least one caption"):
+        model.generate([])
+    with pytest.raises(ValueError, match="tokens long"):
+        model.generate(["a small red circle on the left " * 4])
+    with pytest.raises(TypeError, match="not a str"):
+        model.generate(["a red circle", 42])
+    with pytest.raises(TypeError, match="str or a list"):
+        model.generate(3.14)
+    with pytest.raises(ValueError, match="n must be"):
+        model.generate(CAPTIONS, n=0)
+
+
+def test_save_load_round_trip_gives_identical_samples(model, tmp_path):
+    model.save(tmp_path / "m")
+    loaded = DALLE.load(tmp_path / "m")
+    a = model.generate(CAPTIONS, n=2, top_k=8, seed=3)
+    b = loaded.generate(CAPTIONS, n=2, top_k=8, seed=3)
+    assert torch.equal(a, b)
+    assert loaded.config == model.config
+    with pytest.raises(FileNotFoundError, match="no DALL-E model directory"):
+        DALLE.load(tmp_path / "nothing")
+    (tmp_path / "m" / "prior.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        DALLE.load(tmp_path / "m")
+
+
+def test_mismatched_parts_are_refused(tokenizer):
+    dvae = tiny_dvae()
+    cfg = DALLEConfig(prior_config_for(tokenizer, dvae, d_model=32, n_layers=1, n_heads=2))
+    cfg.prior.image_vocab = 64
+    with pytest.raises(ValueError, match="n_codes"):
+        DALLE(tokenizer, dvae, cfg)
+
+
+def test_paper_shape_has_twelve_billion_parameters():
+    n = count_prior_parameters(paper_prior_config())
+    assert 11.5e9 < n < 12.5e9
+
+
+# --------------------------------------------------------------------------- training
+def _train_args(tmp_path, dvae_path, out, *extra):
+    return ["dalle", "--dvae", str(dvae_path), "--dataset", "shapes", "--n-train", "64",
+            "--batch-size", "8", "--d-model", "32", "--n-layers", "2", "--n-heads", "2",
+            "--text-len", "12", "--steps", "6", "--log-every", "1", "--ckpt-every", "2",
+            "--threads", "1", "--no-progress", "--no-bf16", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def dvae_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dvae") / "dvae.pt"
+    tiny_dvae().save(path)
+    return path
+
+
+def _with_dataset(args, spec):
+    args = list(args)
+    args[args.index("--dataset") + 1] = spec
+    return args
+
+
+def _final_weights(out):
+    return torch.load(Path(out) / "resume.pt", weights_only=False)["model"]
+
+
+def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, dvae_file, monkeypatch):
+    full = tmp_path / "full"
+    train_dalle.main(_train_args(tmp_path, dvae_file, full, "--ema", "0.9"))
+    # the same run, interrupted (Ctrl-C) during step 4: it saves resume.pt at step 3 and exits
+    part = tmp_path / "part"
+    calls = {"n": 0}
+    real_loss = train_dalle.dalle_loss
+
+    def flaky_loss(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(train_dalle, "dalle_loss", flaky_loss)
+    with pytest.raises(SystemExit) as exc:
+        train_dalle.main(_train_args(tmp_path, dvae_file, part, "--ema", "0.9"))
+    assert exc.value.code == 130
+    assert torch.load(part / "resume.pt", weights_only=False)["step"] == 3
+    monkeypatch.setattr(train_dalle, "dalle_loss", real_loss)
+    train_dalle.main(_train_args(tmp_path, dvae_file, part, "--ema", "0.9", "--resume"))
+    a, b = _final_weights(full), _final_weights(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ema_a = torch.load(full / "resume.pt", weights_only=False)["extra"]["ema"]
+    ema_b = torch.load(part / "resume.pt", weights_only=False)["extra"]["ema"]
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    # the logged losses of the resumed steps are the uninterrupted run's
+    la = [json.loads(l)["loss"] for l in (full / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(l)["loss"] for l in (part / "metrics.jsonl").read_text().splitlines()]
+    assert la == lb
+    # and the saved system loads and samples
+    m = DALLE.load(full)
+    assert m.generate(CAPTIONS[:1], n=1, seed=0).shape == (1, 3, 16, 16)
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path, dvae_file):
+    one = tmp_path / "one"
+    train_dalle.main(_train_args(tmp_path, dvae_file, one, "--steps", "4"))
+    two = tmp_path / "two"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dalle_mini_impl.train_dalle", *_train_args(tmp_path, dvae_file, two, "--steps", "4")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    l1 = [json.loads(l) for l in (one / "metrics.jsonl").read_text().splitlines()]
+    l2 = [json.loads(l) for l in (two / "metrics.jsonl").read_text().splitlines()]
+    assert len(l1) == len(l2) == 4
+    # rank 0 logs its half-batch loss; the average over ranks is the global one, and the
+    # weights after DDP's averaged gradients must match the single process's
+    w1, w2 = _final_weights(one), _final_weights(two)
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5)
+    assert l2[0]["world_size"] if "world_size" in l2[0] else True
+    assert json.loads((two / "metrics.json").read_text())["world_size"] == 2
+
+
+def test_bad_dataset_paths_give_clear_errors(tmp_path, dvae_file):
+    with pytest.raises(ValueError, match="does not exist"):
+        train_dalle.main(_with_dataset(_train_args(tmp_path, dvae_file, tmp_path / "o"), "folder:/no/such/folder"))
+    with pytest.raises(ValueError, match="needs a path"):
+        train_dalle.load_pairs("folder:", None, 16, 0)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        train_dalle.load_pairs("imagenet", None, 16, 0)
+    with pytest.raises(FileNotFoundError, match="no dVAE checkpoint"):
+        train_dalle.main(["dalle", "--dvae", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")])
+
+
+def test_folder_dataset_trains(tmp_path, dvae_file):
+    out = tmp_path / "f"
+    args = _train_args(tmp_path, dvae_file, out, "--steps", "2", "--batch-size", "2")
+    res = train_dalle.main(_with_dataset(args, "folder:" + str(ROOT / "data" / "sample_folder")))
+    assert res == 0 and (out / "prior.pt").is_file()
+
+
+def test_paper_preset_prints_instead_of_training(capsys):
+    train_dalle.main(["dalle", "--preset", "paper"])
+    text = capsys.readouterr().out
+    assert "parameters: 12," in text and "GiB" in text
+
+
+# --------------------------------------------------------------------------- the CLI
+def test_generate_cli(tmp_path, model):
+    from dalle_mini_impl.__main__ import main
+
+    model.save(tmp_path / "m")
+    out = tmp_path / "grid.png"
+    assert main(["generate", CAPTIONS[0], CAPTIONS[1], "--model", str(tmp_path / "m"), "--n", "2",
+                 "--out", str(out), "--threads", "1"]) == 0
+    from PIL import Image
+    with Image.open(out) as im:
+        assert im.size == (4 * (2 * 16 + 3), 4 * (2 * 16 + 3))
+    assert main(["generate", "", "--model", str(tmp_path / "m"), "--out", str(out)]) == 2
