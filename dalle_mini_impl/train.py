@@ -1,0 +1,236 @@
+"""Training commands of the package, one subcommand per model.
+
+    python -m dalle_mini_impl.train dvae --dataset shapes --steps 3000 --out data/dvae_shapes_toy
+
+Shared pieces (used by every subcommand): ``load_images`` (datasets by name, via
+``datasets.load_dataset``), ``RunLog`` (a JSONL metrics file, one line per logged step),
+atomic checkpoints through ``utils.save_checkpoint`` and ``--resume`` from them. Each
+subcommand is one function, ``train_<name>(args)``, registered in ``build_parser``; the
+training *step* itself lives in the model's module (``dvae.train_step``) so the lessons
+reuse it.
+
+A run writes into ``--out``: ``<name>.pt`` (weights + config: what the lessons load),
+``resume.pt`` (weights, optimizer, RNG and step: what ``--resume`` reads),
+``metrics.jsonl`` (the training log) and ``metrics.json`` (the final evaluation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from . import datasets
+from .utils import get_device, get_preset, load_checkpoint, save_checkpoint, seed_everything
+
+
+# --------------------------------------------------------------------------- shared helpers
+def load_images(spec: str, n: int | None, split: str, image_size: int, seed: int,
+                n_objects: tuple[int, ...] = (1, 2)) -> torch.Tensor:
+    """A dataset by name as one float tensor (N, C, S, S) in [0, 1].
+
+    ``shapes`` is drawn with ``n`` samples (and ``n_objects`` objects each); other datasets
+    are read whole (``n`` then caps how many are kept)."""
+    kwargs = {}
+    name = spec.split(":")[0].strip().lower()
+    if name == "shapes":
+        kwargs = {"n": n or 20_000, "n_objects": n_objects}
+    elif name == "digits":
+        kwargs = {"channels": 3}
+    ds = datasets.load_dataset(spec, image_size=image_size, split=split, seed=seed, **kwargs)
+    if hasattr(ds, "float_images"):
+        images = ds.float_images()
+    elif hasattr(ds, "images") and torch.is_tensor(ds.images):
+        images = ds.images.float() / 255.0 if ds.images.dtype == torch.uint8 else ds.images.float()
+    else:
+        images = torch.stack([ds[i][0] for i in range(len(ds))])
+    if n is not None:
+        images = images[:n]
+    if len(images) == 0:
+        raise ValueError(f"dataset {spec!r} (split {split!r}) has no images")
+    return images
+
+
+class RunLog:
+    """Append one JSON object per line to ``path`` and echo a short line to stdout."""
+
+    def __init__(self, path: Path, quiet: bool = False):
+        self.path, self.quiet = Path(path), quiet
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if not self.quiet:
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+                  flush=True)
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="shapes", help="shapes, digits, folder:PATH or coco:JSON")
+    p.add_argument("--steps", type=int, required=True, help="optimizer updates in total")
+    p.add_argument("--out", required=True, help="output folder (checkpoints and metrics)")
+    p.add_argument("--preset", default=None, help="cpu, gpu16 or gpu80 (default: by device)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="bfloat16 autocast (the fast path on CPU and recent GPUs)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many updates in this call (save resume.pt; continue with --resume)")
+
+
+# --------------------------------------------------------------------------- dvae
+def train_dvae(args: argparse.Namespace) -> dict:
+    """Stage 1: train the discrete VAE (lessons 03-04) with the ELB, beta warm-up and tau annealing."""
+    from .dvae import DiscreteVAE, DVAEConfig, train_step
+    from .elb import Schedule, beta_schedule, codebook_usage, dead_codes, perplexity, tau_schedule
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = get_device(args.device)
+    preset = get_preset(args.preset, device)
+    base = DVAEConfig.paper if args.config == "paper" else DVAEConfig.toy
+    size = args.image_size or (256 if args.config == "paper" else preset.image_size)
+    grid = args.grid or (32 if args.config == "paper" else preset.dvae_grid)
+    changes = dict(image_size=size, grid=grid, likelihood=args.likelihood)
+    if args.config != "paper":
+        changes.update(n_codes=args.n_codes or preset.dvae_codes)
+    elif args.n_codes:
+        changes.update(n_codes=args.n_codes)
+    for name in ("n_hid", "n_blk_per_group", "codebook_dim"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    cfg = base(**changes)
+    batch = args.batch_size or preset.batch_size
+    lr = args.lr or 1e-3
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    g = seed_everything(args.seed)
+    train = load_images(args.dataset, args.n_train, "train", cfg.image_size, args.seed)
+    split = "holdout" if args.dataset.startswith("shapes") else "test"
+    try:
+        held = load_images(args.dataset, args.n_eval, split, cfg.image_size, args.seed + 1)
+    except (ValueError, TypeError):  # a dataset without that split: keep its last images aside
+        n_eval = min(args.n_eval, len(train) // 10)
+        train, held = train[:-n_eval], train[-n_eval:]
+    if train.shape[1] != cfg.channels:
+        raise ValueError(f"the dataset has {train.shape[1]}-channel images; this dVAE expects {cfg.channels}")
+
+    model = DiscreteVAE(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    tau_s = tau_schedule(args.tau_steps or args.steps, start=args.tau_start, end=args.tau_end)
+    beta_s = beta_schedule(args.beta_steps or max(1, args.steps // 5), end=args.beta)
+    lr_s = Schedule(lr, lr * args.lr_end_ratio, args.steps)
+    log = RunLog(out / "metrics.jsonl")
+    start = 0
+    if args.resume:
+        state = load_checkpoint(out / "resume.pt", model=model, optimizer=opt, restore_rng=True,
+                                map_location=device)
+        start = state["step"]
+        g.set_state(state["extra"]["generator"])
+        print(f"resumed from step {start}")
+    elif (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()  # a fresh run starts a fresh log
+
+    def save_resume(step: int) -> None:
+        save_checkpoint(out / "resume.pt", model=model, optimizer=opt, config=cfg, step=step,
+                        extra={"generator": g.get_state(),
+                               "args": {k: v for k, v in vars(args).items() if k != "func"}})
+
+    train_dev = train.to(device)
+    t0, seen = time.perf_counter(), 0
+    stop = args.steps if args.stop_after is None else min(args.steps, start + args.stop_after)
+    for step in range(start, stop):
+        idx = torch.randint(0, len(train_dev), (batch,), generator=g).to(device)
+        rec = train_step(model, opt, train_dev[idx], tau=tau_s(step), beta=beta_s(step), lr=lr_s(step),
+                         bf16=args.bf16, generator=g if device.type == "cpu" else None)
+        seen += batch
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            rec.update(step=step + 1, lr=lr_s(step), images_per_s=seen / (time.perf_counter() - t0))
+            log.write(rec)
+        if (step + 1) % args.ckpt_every == 0 and step + 1 < args.steps:
+            save_resume(step + 1)
+    train_time = time.perf_counter() - t0
+    if stop < args.steps:
+        save_resume(stop)
+        print(f"stopped at step {stop} of {args.steps}; continue with --resume")
+        return {"step": stop}
+
+    metrics = evaluate_dvae(model, held)
+    metrics.update(steps=args.steps, train_seconds=round(train_time, 1), device=device.type,
+                   config=asdict(cfg), command="python -m dalle_mini_impl.train " + " ".join(sys.argv[1:])
+                   if sys.argv and sys.argv[0].endswith("train.py") else None)
+    save_resume(args.steps)
+    model.save(out / "dvae.pt", step=args.steps, extra={"metrics": {k: v for k, v in metrics.items()
+                                                                    if isinstance(v, (int, float))}})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=2))
+    return metrics
+
+
+def evaluate_dvae(model, images: torch.Tensor) -> dict:
+    """Hard-token reconstruction MSE and codebook health on ``images`` (held out)."""
+    from .elb import codebook_usage, dead_codes, perplexity
+
+    model.eval()
+    t = time.perf_counter()
+    ids = model.encode(images)
+    encode_s = time.perf_counter() - t
+    recon = model.decode(ids).cpu()
+    counts = codebook_usage(ids.cpu(), model.config.n_codes)
+    return {"n_eval": len(images), "hard_mse": float(((recon - images.cpu()) ** 2).mean()),
+            "perplexity": perplexity(counts), "dead_codes": dead_codes(counts),
+            "n_codes": model.config.n_codes, "encode_images_per_s": len(images) / max(encode_s, 1e-9)}
+
+
+def add_dvae_parser(sub) -> None:
+    p = sub.add_parser("dvae", help="stage 1: the discrete VAE (lessons 03-04)")
+    add_common_args(p)
+    p.add_argument("--config", choices=["toy", "paper"], default="toy")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--grid", type=int, default=None)
+    p.add_argument("--n-codes", type=int, default=None)
+    p.add_argument("--n-hid", type=int, default=None)
+    p.add_argument("--n-blk-per-group", type=int, default=None)
+    p.add_argument("--codebook-dim", type=int, default=None)
+    p.add_argument("--likelihood", choices=["logit_laplace", "mse"], default="logit_laplace")
+    p.add_argument("--beta", type=float, default=6.6, help="final KL weight (paper: 6.6)")
+    p.add_argument("--beta-steps", type=int, default=None, help="warm-up length (default: steps / 5)")
+    p.add_argument("--tau-start", type=float, default=1.0)
+    p.add_argument("--tau-end", type=float, default=1.0 / 16)
+    p.add_argument("--tau-steps", type=int, default=None, help="annealing length (default: steps)")
+    p.add_argument("--lr-end-ratio", type=float, default=0.05, help="cosine decay of the step size to lr * this")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--n-train", type=int, default=20_000)
+    p.add_argument("--n-eval", type=int, default=1_000)
+    p.set_defaults(func=train_dvae)
+
+
+# --------------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dalle_mini_impl.train",
+                                     description="Train a model of the DALL-E course.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_dvae_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

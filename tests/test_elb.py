@@ -1,0 +1,76 @@
+"""Tests of dalle_mini_impl.elb: KL to the uniform prior, schedules, codebook health."""
+import math
+
+import pytest
+import torch
+
+from dalle_mini_impl import elb
+
+
+def test_kl_to_uniform_is_nonnegative_and_log_k_minus_entropy():
+    g = torch.Generator().manual_seed(0)
+    logits = 3.0 * torch.randn(4, 16, 3, 3, generator=g)  # (B, K, h, w)
+    kl = elb.kl_to_uniform(logits)
+    assert kl.shape == (4, 3, 3)
+    assert (kl >= 0).all()
+    torch.testing.assert_close(kl, math.log(16) - elb.entropy(logits), atol=1e-5, rtol=0)
+    # uniform q has zero KL; a one-hot q has KL = log K
+    assert elb.kl_to_uniform(torch.zeros(1, 16, 1, 1)).abs().max() < 1e-6
+    onehot = torch.full((1, 16, 1, 1), -1e4)
+    onehot[:, 3] = 0
+    assert abs(elb.kl_to_uniform(onehot).item() - math.log(16)) < 1e-4
+
+
+def test_elb_stage1_combines_terms():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 8, 2, 2, generator=g)
+    nll = torch.tensor([10.0, 20.0])
+    t = elb.elb_stage1(nll, logits, beta=2.0, n_dims=12)
+    kl = elb.kl_to_uniform(logits).flatten(1).sum(1).mean()
+    torch.testing.assert_close(t.kl, kl)
+    torch.testing.assert_close(t.loss, (15.0 + 2.0 * kl) / 12)
+    torch.testing.assert_close(t.elb, -(15.0 + kl))
+    with pytest.raises(ValueError):
+        elb.elb_stage1(nll, logits[0], beta=1.0, n_dims=12)
+
+
+def test_stage2_nll_is_cross_entropy_sum():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 5, 7, generator=g)
+    tokens = torch.randint(0, 7, (3, 5), generator=g)
+    expected = -torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0].sum(1)
+    torch.testing.assert_close(elb.stage2_nll(logits, tokens), expected)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear", "exp"])
+def test_schedules_hit_end_points(kind):
+    s = elb.Schedule(1.0, 1 / 16, 100, kind)
+    assert s(0) == pytest.approx(1.0)
+    assert s(100) == pytest.approx(1 / 16)
+    assert s(10_000) == pytest.approx(1 / 16)
+    values = [s(i) for i in range(101)]
+    assert all(a >= b - 1e-12 for a, b in zip(values, values[1:]))  # monotone
+
+
+def test_paper_schedules():
+    beta, tau = elb.beta_schedule(), elb.tau_schedule()
+    assert beta(0) == 0.0 and beta(5000) == pytest.approx(6.6) and beta(2500) == pytest.approx(3.3)
+    assert tau(0) == 1.0 and tau(150_000) == pytest.approx(1 / 16)
+    with pytest.raises(ValueError):
+        elb.Schedule(1, 2, 10, kind="step")
+
+
+def test_codebook_health():
+    ids = torch.tensor([[0, 0, 1], [1, 2, 2]])
+    counts = elb.codebook_usage(ids, n_codes=5)
+    assert counts.tolist() == [2, 2, 2, 0, 0]
+    assert elb.perplexity(counts) == pytest.approx(3.0)
+    assert elb.dead_codes(counts) == 2
+    assert elb.perplexity(torch.tensor([7, 0, 0])) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        elb.codebook_usage(torch.tensor([5]), n_codes=5)
+
+
+def test_bits_per_dim():
+    assert elb.bits_per_dim(math.log(2) * 10, 10) == pytest.approx(1.0)
+    assert elb.bits_per_dim(0.0, 10, pixel_levels=256) == pytest.approx(8.0)
