@@ -21,9 +21,11 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# unit tests, then every notebook through nbval (2 workers; a notebook stays on one worker)
+# unit tests, then every notebook through nbval (2 workers; a notebook stays on one worker).
+# One torch thread per worker: two workers of two threads on two cores oversubscribe, and
+# OpenMP's spinning threads then slow every step many times over.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadscope -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope -q
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -q
