@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Train a model of the DALL-E course.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_dvae_parser(sub)
+    from .train_dalle import add_dalle_parser  # lesson 08 (stage 2); imported here: it imports this module
+    add_dalle_parser(sub)
     add_clip_parser(sub)
     return parser
 
