@@ -241,9 +241,9 @@ def fit(model: nn.Module, images: torch.Tensor, steps: int, batch_size: int = 64
     order, pos = torch.randperm(n, generator=generator), 0
     bar = range(steps)
     if progress:
-        from tqdm.auto import tqdm
+        from .utils import progress_bar
 
-        bar = tqdm(bar, leave=False)
+        bar = progress_bar(bar, leave=False)
     model.train()
     for _ in bar:
         if pos + batch_size > n:

@@ -250,3 +250,14 @@ def repo_root() -> Path:
 def data_dir() -> Path:
     """The shipped ``data/`` folder."""
     return repo_root() / "data"
+
+
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm progress bar (a widget in Jupyter, text in a terminal). Headless runs (the course
+    and test commands set ``DALLE_HEADLESS=1``) get none: nbval reads every output message, and
+    thousands of progress updates only slow it down."""
+    from tqdm.auto import tqdm
+
+    if os.environ.get("DALLE_HEADLESS"):
+        kwargs["disable"] = True
+    return tqdm(iterable, **kwargs)
