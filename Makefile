@@ -34,6 +34,12 @@ unit: $(STAMP)
 course: $(STAMP)
 	$(BIN)/python -m dalle_mini_impl.course
 
+# text-to-image from the tiny system shipped in data/dalle_shapes_toy
+demo: $(STAMP)
+	$(BIN)/python -m dalle_mini_impl generate "a large yellow square at the top" \
+		"a small red circle on the left" --n 8 --out outputs/demo.png
+	@echo "wrote outputs/demo.png"
+
 lab: $(STAMP)
 	unset DALLE_HEADLESS; $(BIN)/jupyter lab notebooks/
 

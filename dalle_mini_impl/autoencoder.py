@@ -136,6 +136,14 @@ class AutoencoderConfig:
         return self.latent_channels * self.grid ** 2
 
 
+def check_images(x: torch.Tensor, in_channels: int, image_size: int) -> None:
+    """Raise a clear error unless ``x`` is a batch (B, in_channels, image_size, image_size)."""
+    if x.dim() != 4 or x.shape[1] != in_channels or x.shape[-2:] != (image_size, image_size):
+        raise ValueError(f"expected images of shape (B, {in_channels}, {image_size}, "
+                         f"{image_size}), got {tuple(x.shape)}; resize the dataset "
+                         "(image_size=...) or change the config")
+
+
 class Autoencoder(nn.Module):
     """x (B, C, S, S) in [0, 1] -> z -> x_hat (B, C, S, S) in [0, 1] (a sigmoid output).
 
@@ -159,11 +167,7 @@ class Autoencoder(nn.Module):
                 conv_decoder(c.hidden, c.hidden, c.n_down, c.in_channels, c.n_res))
 
     def _check_input(self, x: torch.Tensor) -> None:
-        c = self.config
-        if x.dim() != 4 or x.shape[1] != c.in_channels or x.shape[-2:] != (c.image_size, c.image_size):
-            raise ValueError(f"expected images of shape (B, {c.in_channels}, {c.image_size}, "
-                             f"{c.image_size}), got {tuple(x.shape)}; resize the dataset "
-                             "(image_size=...) or change the config")
+        check_images(x, self.config.in_channels, self.config.image_size)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

@@ -42,7 +42,8 @@ import torch
 import torch.nn as nn
 from torch.special import log_ndtr, ndtr
 
-from .autoencoder import _check_positive, conv_decoder, conv_encoder, fit, evaluate, interpolate
+from .autoencoder import (_check_positive, check_images, conv_decoder, conv_encoder, evaluate, fit,
+                          interpolate)
 
 __all__ = ["VAEConfig", "VAE", "ELBO", "gaussian_kl", "gaussian_kl_monte_carlo", "reparameterize",
            "discretized_gaussian_log_likelihood", "bits_per_dim", "fit", "evaluate", "interpolate"]
@@ -204,11 +205,7 @@ class VAE(nn.Module):
             conv_decoder(c.hidden, c.hidden, c.n_down, 2 * c.in_channels, c.n_res))  # (B, 2C, S, S)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        c = self.config
-        if x.dim() != 4 or x.shape[1] != c.in_channels or x.shape[-2:] != (c.image_size, c.image_size):
-            raise ValueError(f"expected images of shape (B, {c.in_channels}, {c.image_size}, "
-                             f"{c.image_size}), got {tuple(x.shape)}; resize the dataset "
-                             "(image_size=...) or change the config")
+        check_images(x, self.config.in_channels, self.config.image_size)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_input(x)
