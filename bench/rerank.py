@@ -5,7 +5,7 @@ pairs and of training pairs) the toy DALL-E system draws N samples each; the dVA
 (not the pixels: 64 small ints per image) are saved, so the lessons decode them in a blink
 instead of sampling for minutes. Prints generation speed.
 
-    python bench/rerank.py --model data/dalle_shapes_toy --n 32 --captions 64 \
+    python bench/rerank.py --model data/dalle_shapes_toy --n 32 --captions 32 --threads 1 \
         --out data/clip_shapes_toy/samples.pt
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="data/dalle_shapes_toy")
     p.add_argument("--n", type=int, default=32, help="samples per caption")
-    p.add_argument("--captions", type=int, default=64, help="captions per split")
+    p.add_argument("--captions", type=int, default=32, help="captions per split")
     p.add_argument("--objects", type=int, default=1)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)

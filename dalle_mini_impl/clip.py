@@ -257,9 +257,11 @@ def zero_shot_classify(model: CLIP, images: torch.Tensor, class_prompts: dict[st
                        template: str = "{}") -> list[str]:
     """CLIP's zero-shot classifier (CLIP 3.1.2): the class whose prompt embedding is nearest.
 
-    ``class_prompts`` maps each class name to its prompts (their unit embeddings are averaged
-    and renormalised: prompt ensembling, CLIP 3.1.4); a plain list of class names uses
-    ``template.format(name)`` as the one prompt per class."""
+    ``images``: (B, C, S, S), or their (B, embed_dim) embeddings from ``encode_image`` (to
+    classify one set several ways without encoding it again). ``class_prompts`` maps each
+    class name to its prompts (their unit embeddings are averaged and renormalised: prompt
+    ensembling, CLIP 3.1.4); a plain list of class names uses ``template.format(name)`` as
+    the one prompt per class."""
     if not isinstance(class_prompts, dict):
         class_prompts = {c: [template.format(c)] for c in class_prompts}
     if not class_prompts or any(len(p) == 0 for p in class_prompts.values()):
@@ -271,7 +273,8 @@ def zero_shot_classify(model: CLIP, images: torch.Tensor, class_prompts: dict[st
                         for c in names])  # (K, D)
     preds = []
     for s in range(0, len(images), 512):
-        preds += (model.encode_image(images[s:s + 512]) @ text.T).argmax(-1).tolist()  # (B,)
+        emb = images[s:s + 512].to(text.device).float() if images.dim() == 2 else model.encode_image(images[s:s + 512])
+        preds += (emb @ text.T).argmax(-1).tolist()  # (B,)
     model.train(was)
     return [names[i] for i in preds]
 
@@ -341,7 +344,7 @@ def evaluate_clip(model: CLIP, n: int = 2000, seed: int = 54_321) -> dict[str, f
     out = {}
     for split in ("train", "holdout"):
         data = ShapesDataset(n, image_size=model.config.image_size, seed=seed, split=split, n_objects=1)
-        x = data.float_images()
+        x = model.encode_image(data.float_images())  # (n, D), once for every attribute
         for j, (attr, names) in enumerate([("shape", SHAPES), ("colour", COLOUR_NAMES),
                                            ("size", SIZES), ("position", POSITIONS)]):
             pred = zero_shot_classify(model, x, shapes_prompts(attr))

@@ -117,3 +117,9 @@ def test_training_command_writes_checkpoint_and_metrics(tmp_path):
     assert model.config.width == 8 and model.score(torch.rand(1, 3, 32, 32), ["a small red circle on the left"]).shape == (1,)
     with pytest.raises(SystemExit):
         main(["clip", "--steps", "3", "--out", str(out), "--split", "nope"])
+
+
+def test_zero_shot_accepts_precomputed_embeddings(model):
+    x = torch.rand(5, 3, 32, 32)
+    p = shapes_prompts("shape")
+    assert zero_shot_classify(model, x, p) == zero_shot_classify(model, model.encode_image(x), p)
