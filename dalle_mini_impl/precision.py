@@ -129,6 +129,15 @@ def underflow_fraction(stats: dict[str, int]) -> float:
     return (stats["zero"] + stats["subnormal"]) / max(stats["numel"], 1)
 
 
+def _latest(history: list, key: str, hint: str) -> list[float]:
+    """Per-block ``key`` of the latest recorded backward ("underflow" is computed)."""
+    if not history:
+        raise RuntimeError(f"no backward pass recorded yet ({hint})")
+    if key == "underflow":
+        return [underflow_fraction(s) for s in history[-1]]
+    return [s[key] for s in history[-1]]
+
+
 class GradientMonitor:
     """Backward hooks on modules (e.g. each resblock's branch) that record, per backward pass,
     the norm of the gradient w.r.t. the module's output and its float16 zero/subnormal/
@@ -166,11 +175,7 @@ class GradientMonitor:
 
     def last(self, key: str) -> list[float]:
         """The latest backward's ``key`` ("norm", "underflow", ...) per module."""
-        if not self.history:
-            raise RuntimeError("no backward pass recorded yet: call loss.backward() first")
-        if key == "underflow":
-            return [underflow_fraction(s) for s in self.history[-1]]
-        return [s[key] for s in self.history[-1]]
+        return _latest(self.history, key, "call loss.backward() first")
 
     def remove(self) -> None:
         for h in self._handles:
@@ -365,11 +370,7 @@ class ActivationGradHooks:
 
     def last(self, key: str) -> list[float]:
         """Latest backward's per-resblock "norm", "underflow" (zero+subnormal fraction) or a count."""
-        if not self.stats:
-            raise RuntimeError("no backward pass recorded yet (or track_stats=False)")
-        if key == "underflow":
-            return [underflow_fraction(s) for s in self.stats[-1]]
-        return [s[key] for s in self.stats[-1]]
+        return _latest(self.stats, key, "or track_stats=False")
 
     def nonfinite_blocks(self) -> list[bool]:
         return [bool(f) for f in self._found_nonfinite]
