@@ -24,11 +24,20 @@ What a run does, in order:
 5. at the end saves the whole system with :meth:`DALLE.save` into ``OUT`` (config,
    tokenizer, dVAE, prior) -- what ``python -m dalle_mini_impl generate --model OUT`` loads.
 
+GPU fast paths (``accel.py``; each falls back on CPU): bf16 autocast where supported, else
+fp16 with lesson 07's loss scaler; fused AdamW on CUDA; ``--compile`` (torch.compile, off by
+default); on CUDA the token table stays in host memory and a ``DataLoader`` with workers
+gathers each batch into pinned memory (``--workers``); ``--micro-batch`` accumulates the
+gradient of a batch over pieces so the activations fit (the GPU presets default to 64 pairs;
+``sizing.py`` estimates the memory).
+
 Several GPUs or nodes: ``torchrun --nproc_per_node 4 -m dalle_mini_impl.train dalle ...``.
 Each process takes ``--batch-size / world_size`` pairs of every global batch
 (``DistributedSampler``), DistributedDataParallel averages the gradients (NCCL on CUDA, gloo on
-CPU), and rank 0 logs and saves. ``--preset paper`` prints the 12-billion-parameter shape,
-its parameter count and memory estimate, and exits.
+CPU), and rank 0 logs and saves. ``--fsdp`` shards the weights, gradients and AdamW state
+over the processes instead (FSDP2 ``fully_shard``, per resblock; bf16 only; checkpoints are
+gathered into the same single-file format). ``--preset paper`` prints the
+12-billion-parameter shape, its parameter count and memory estimate, and exits.
 """
 from __future__ import annotations
 
@@ -50,11 +59,14 @@ from .utils import (atomic_write_bytes, get_device, get_preset, load_checkpoint,
                     seed_everything)
 
 # Sizes per preset (the dVAE must match image_size and its grid). The CPU toy trains in
-# minutes; gpu16 fits a 16 GB Colab card, gpu80 an 80 GB one.
+# minutes; gpu16 fits a 16 GB Colab card, gpu80 an 80 GB one. ``micro_batch``: the batch is
+# run in pieces of this many pairs per process (gradient accumulation) so that activations
+# fit: sizing.preset_report estimates 7.5 GiB (gpu16) and 37 GiB (gpu80) at these sizes with
+# materialised attention probabilities, against 11.7 / 103 GiB without accumulation.
 DALLE_PRESETS = {
-    "cpu": dict(d_model=256, n_layers=4, n_heads=4, lr=1e-3, warmup=100),
-    "gpu16": dict(d_model=512, n_layers=12, n_heads=8, lr=5e-4, warmup=1000),
-    "gpu80": dict(d_model=1024, n_layers=24, n_heads=16, lr=3e-4, warmup=2000),
+    "cpu": dict(d_model=256, n_layers=4, n_heads=4, lr=1e-3, warmup=100, micro_batch=None),
+    "gpu16": dict(d_model=512, n_layers=12, n_heads=8, lr=5e-4, warmup=1000, micro_batch=64),
+    "gpu80": dict(d_model=1024, n_layers=24, n_heads=16, lr=3e-4, warmup=2000, micro_batch=64),
 }
 
 SHAPES_SAMPLE_CAPTIONS = [
@@ -157,15 +169,28 @@ def lr_at(step: int, peak: float, warmup: int, total: int, final_ratio: float = 
     return peak * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def make_optimizer(prior: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with the paper's betas and eps (B.2); no decay on biases, gains and embeddings."""
+def make_optimizer(prior: torch.nn.Module, lr: float, weight_decay: float,
+                   device: torch.device | str | None = "cpu") -> torch.optim.AdamW:
+    """AdamW with the paper's betas and eps (B.2); no decay on biases, gains and embeddings;
+    fused on CUDA (``accel.make_adamw``)."""
+    from .accel import make_adamw
+
     decay, no_decay = [], []
     for name, p in prior.named_parameters():
         is_matrix = p.dim() >= 2 and "emb" not in name
         (decay if is_matrix else no_decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.96), eps=1e-8)
+    return make_adamw([{"params": decay, "weight_decay": weight_decay},
+                       {"params": no_decay, "weight_decay": 0.0}],
+                      device, lr=lr, betas=(0.9, 0.96), eps=1e-8)
+
+
+def micro_batches(local_batch: int, micro: int | None) -> list[slice]:
+    """Slices of a local batch run one after another (gradient accumulation)."""
+    if micro is None or micro >= local_batch:
+        return [slice(0, local_batch)]
+    if micro < 1:
+        raise ValueError(f"--micro-batch must be >= 1, got {micro}")
+    return [slice(i, min(i + micro, local_batch)) for i in range(0, local_batch, micro)]
 
 
 # --------------------------------------------------------------------------- distributed
@@ -186,6 +211,52 @@ def _dist_setup(device_arg):
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return world, rank, device
+
+
+def _check_fsdp(args, world: int, prec_name: str) -> None:
+    """--fsdp runs only under torchrun, in bf16, without the options that need the whole
+    model on one process."""
+    if world < 2:
+        raise SystemExit("--fsdp shards the model over several processes: start it with torchrun, "
+                         "e.g. `torchrun --nproc_per_node 8 -m dalle_mini_impl.train dalle --fsdp ...` "
+                         "(one process has nothing to shard; drop --fsdp)")
+    if prec_name != "bf16":
+        raise SystemExit(f"--fsdp is supported in bf16 only (this device trains in {prec_name}): "
+                         "use a bf16 GPU (A100, H100, L4) or drop --fsdp")
+    if args.ema:
+        raise SystemExit("--ema is not supported with --fsdp (the EMA copy would not be sharded)")
+    if args.sample_every:
+        raise SystemExit("--sample-every is not supported with --fsdp; sample from the saved model")
+
+
+def _shard(prior: torch.nn.Module) -> None:
+    """FSDP2: each resblock, then the rest, sharded over the processes (parameters become
+    DTensors; each process keeps 1/world of every weight, gradient and AdamW state)."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError as exc:  # torch < 2.6
+        raise SystemExit(f"--fsdp needs torch.distributed.fsdp.fully_shard (torch >= 2.6): {exc}")
+    for block in prior.blocks:
+        fully_shard(block)
+    fully_shard(prior)
+
+
+def _full_state(prior, opt):
+    """The whole (unsharded) model and optimizer state dicts on rank 0 (a collective: every
+    rank calls it); other ranks get empty dicts."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(prior, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+class _StateOf:
+    """Gives ``save_checkpoint`` a ready state dict where it expects a module or optimizer."""
+
+    def __init__(self, state):
+        self._state = state
+
+    def state_dict(self):
+        return self._state
 
 
 def _barrier(world):
@@ -278,16 +349,29 @@ def train_dalle(args: argparse.Namespace) -> dict:
     if rank != 0:
         text_ids, image_ids = pretokenise(model, images, captions, cache, key)
     del images
-    text_ids, image_ids = text_ids.to(device), image_ids.to(device)
+    if device.type != "cuda":  # CPU: the whole token table on the device, plain indexing
+        text_ids, image_ids = text_ids.to(device), image_ids.to(device)
 
     prec = pick_precision(device, prefer=None if args.bf16 else "fp32")
-    opt = make_optimizer(model.prior, lr, args.weight_decay)
+    micro = args.micro_batch if args.micro_batch is not None else sizes.get("micro_batch")
+    pieces = micro_batches(local_batch, micro)
+    if args.fsdp:
+        _check_fsdp(args, world, prec.name)
+        _shard(model.prior)
+    opt = make_optimizer(model.prior, lr, args.weight_decay, device)
     ema = {k: v.detach().clone() for k, v in model.prior.state_dict().items()} if args.ema else None
     start = 0
     resume_path = out / "resume.pt"
     if args.resume:
-        state = load_checkpoint(resume_path, model=model.prior, optimizer=opt, restore_rng=True,
-                                map_location=device)
+        if args.fsdp:  # every rank reads the full state and keeps its shard
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+            state = load_checkpoint(resume_path, restore_rng=True, map_location="cpu")
+            set_state_dict(model.prior, opt, model_state_dict=state["model"],
+                           optim_state_dict=state["optimizer"],
+                           options=StateDictOptions(full_state_dict=True))
+        else:
+            state = load_checkpoint(resume_path, model=model.prior, optimizer=opt, restore_rng=True,
+                                    map_location=device)
         start = state["step"]
         if ema is not None and state["extra"].get("ema") is not None:
             ema = {k: v.to(device) for k, v in state["extra"]["ema"].items()}
@@ -297,11 +381,22 @@ def train_dalle(args: argparse.Namespace) -> dict:
             print(f"resumed from {resume_path} at step {start}", flush=True)
 
     net = model.prior
-    if world > 1:
+    if world > 1 and not args.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         net = DDP(model.prior, device_ids=[device.index] if device.type == "cuda" else None)
+    from .accel import compile_blocks, token_batches
+    compile_blocks(model.prior.blocks, args.compile, device)  # in place: DDP/FSDP see the same module
 
     def save_resume(step):
+        if args.fsdp:
+            msd, osd = _full_state(model.prior, opt)
+            if rank == 0:
+                save_checkpoint(resume_path, model=_StateOf(msd), optimizer=_StateOf(osd),
+                                config=model.config.to_dict(), step=step,
+                                extra={"ema": None, "args": {k: v for k, v in vars(args).items() if k != "func"},
+                                       "scaler": None})
+            _barrier(world)
+            return
         if rank == 0:
             save_checkpoint(resume_path, model=model.prior, optimizer=opt, config=model.config.to_dict(),
                             step=step, extra={"ema": ema, "args": {k: v for k, v in vars(args).items() if k != "func"},
@@ -330,21 +425,36 @@ def train_dalle(args: argparse.Namespace) -> dict:
     stop = min(args.steps, start + args.stop_after) if args.stop_after else args.steps
     step, t0, seen, last = start, time.perf_counter(), 0, {}
     model.prior.train()
+    # CUDA: worker processes gather each batch into pinned memory; CPU: plain indexing
+    batches = token_batches((text_ids, image_ids),
+                            lambda s: batch_indices(len(text_ids), local_batch, s, args.seed, world, rank),
+                            range(start, stop), device, workers=args.workers)
     try:
         while step < stop:
-            idx = batch_indices(len(text_ids), local_batch, step, args.seed, world, rank).to(device)
-            text, img = text_ids[idx], image_ids[idx]  # (b, T), (b, N)
+            text_all, img_all = next(batches)  # (b, T), (b, N)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, lr, warmup, args.steps)
-            with prec.autocast():
-                text_logits, image_logits = net(text, img)
-            losses = dalle_loss(text_logits, image_logits, text, img, args.text_weight)
+            losses = {k: 0.0 for k in ("loss", "text", "image")}
+            for i, piece in enumerate(pieces):
+                text, img = text_all[piece], img_all[piece]
+                share = (piece.stop - piece.start) / local_batch
+                last_piece = i == len(pieces) - 1
+                _sync_gradients(net, args.fsdp, world, last_piece)
+                with prec.autocast():
+                    text_logits, image_logits = net(text, img)
+                part = dalle_loss(text_logits, image_logits, text, img, args.text_weight)
+                loss = part["loss"] * share
+                if prec.scaler is not None:
+                    prec.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+                for k in losses:
+                    losses[k] = losses[k] + part[k].detach() * share
             if prec.scaler is not None:
-                prec.scaler.scale(losses["loss"]).backward()
                 prec.scaler.unscale_(opt)
-            else:
-                losses["loss"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.prior.parameters(), args.clip)
+            if hasattr(grad_norm, "full_tensor"):  # a DTensor under --fsdp
+                grad_norm = grad_norm.full_tensor()
             if prec.scaler is not None:
                 prec.scaler.step(opt)
                 prec.scaler.update()
@@ -389,6 +499,11 @@ def train_dalle(args: argparse.Namespace) -> dict:
     result = dict(last, device=device.type, world_size=world, precision=prec.name,
                   parameters=sum(p.numel() for p in model.prior.parameters()),
                   train_pairs=len(text_ids), stopped_early=step < args.steps)
+    if step >= args.steps and args.fsdp:  # gather the whole prior into a plain copy on rank 0
+        msd, _ = _full_state(model.prior, opt)
+        if rank == 0:
+            model = DALLE(tokenizer, dvae.cpu(), model.config)
+            model.prior.load_state_dict(msd)
     if step >= args.steps and rank == 0:
         command = "python -m dalle_mini_impl.train " + " ".join(sys.argv[1:]) \
             if sys.argv and sys.argv[0].endswith(("train.py", "train_dalle.py")) else None
@@ -404,6 +519,17 @@ def train_dalle(args: argparse.Namespace) -> dict:
         import torch.distributed as dist
         dist.destroy_process_group()
     return result
+
+
+def _sync_gradients(net, fsdp: bool, world: int, sync: bool) -> None:
+    """Gradient accumulation: all-reduce (DDP) or reduce-scatter (FSDP) only on the last
+    micro-batch of a step."""
+    if world < 2:
+        return
+    if fsdp:
+        net.set_requires_gradient_sync(sync)
+    else:
+        net.require_backward_grad_sync = sync
 
 
 def _with_weights(model: DALLE, ema: dict | None, fn):
@@ -442,6 +568,15 @@ def add_dalle_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--stop-after", type=int, default=None,
                        help="stop (saving resume.pt) after this many steps of this run; continue with --resume")
     p.add_argument("--save-fp16", action="store_true", help="store the final prior weights in float16 (half size)")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="pairs per forward pass on each process; the batch is accumulated from pieces "
+                        "of this size (default: the preset's: all of it on cpu, 64 on gpu16 and gpu80)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer (off by default; "
+                   "minutes of compiling first, then faster steps on CUDA; on CPU it needs a C++ compiler)")
+    p.add_argument("--fsdp", action="store_true", help="shard weights, gradients and AdamW state over the "
+                   "torchrun processes (FSDP2 fully_shard; bf16 only) instead of replicating them (DDP)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes for the pre-tokenised data (default: 4 on CUDA, none on CPU)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")
     p.set_defaults(func=train_dalle)
 
