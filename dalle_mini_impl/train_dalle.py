@@ -62,7 +62,7 @@ from .utils import (atomic_write_bytes, get_device, get_preset, load_checkpoint,
 # minutes; gpu16 fits a 16 GB Colab card, gpu80 an 80 GB one. ``micro_batch``: the batch is
 # run in pieces of this many pairs per process (gradient accumulation) so that activations
 # fit: sizing.preset_report estimates 7.5 GiB (gpu16) and 37 GiB (gpu80) at these sizes with
-# materialised attention probabilities, against 11.7 / 103 GiB without accumulation.
+# materialised attention probabilities, against 14.1 / 131 GiB for the whole batch at once.
 DALLE_PRESETS = {
     "cpu": dict(d_model=256, n_layers=4, n_heads=4, lr=1e-3, warmup=100, micro_batch=None),
     "gpu16": dict(d_model=512, n_layers=12, n_heads=8, lr=5e-4, warmup=1000, micro_batch=64),
