@@ -82,10 +82,14 @@ def logit_laplace_nll(x: torch.Tensor, stats: torch.Tensor, eps: float = LOGIT_L
 
 
 def mse_nll(x: torch.Tensor, stats: torch.Tensor, sigma: float = 0.1) -> torch.Tensor:
-    """The simpler baseline: a Gaussian of fixed std ``sigma`` around sigmoid(mu), per image
-    (nats), (B,). Up to a constant it is sum (x - x_hat)^2 / (2 sigma^2), i.e. MSE."""
+    """The simpler baseline: a Gaussian of fixed std ``sigma`` around x_hat = mu, per image
+    (nats), (B,). Up to a constant it is sum (x - x_hat)^2 / (2 sigma^2), i.e. MSE.
+
+    mu is used as it is, with no sigmoid: on mostly-black images a sigmoid output is driven
+    deep into saturation by the background within a few dozen updates, and then the few
+    coloured pixels get no gradient at all (the decoder stays stuck painting black)."""
     c = x.shape[1]
-    x_hat = torch.sigmoid(stats.float()[:, :c])
+    x_hat = stats.float()[:, :c]
     nll = 0.5 * ((x - x_hat) / sigma) ** 2 + math.log(sigma * math.sqrt(2 * math.pi))
     return nll.flatten(1).sum(1)
 
@@ -141,8 +145,14 @@ class DVAEConfig:
 
     @classmethod
     def toy(cls, **changes) -> "DVAEConfig":
-        """The CPU lesson: 32x32 images -> 8x8 tokens from 512 codes."""
-        return cls(**changes)
+        """The CPU lesson: 32x32 images -> 8x8 tokens from 512 codes, MSE likelihood.
+
+        MSE, not the paper's logit-Laplace: on the shapes (mostly exactly-black pixels) the
+        logit-Laplace density spends the model on the black background's dequantization noise
+        (its NLL keeps falling while the reconstruction stays blurry); lesson 04 compares the two."""
+        base = dict(likelihood="mse")
+        base.update(changes)
+        return cls(**base)
 
     @classmethod
     def paper(cls, **changes) -> "DVAEConfig":
@@ -288,10 +298,10 @@ class DiscreteVAE(nn.Module):
         return self.decoder(self.embed(z))
 
     def reconstruct(self, stats: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] from decoder stats: unmap(sigmoid(mu)) (or sigmoid(mu) for MSE)."""
+        """Images in [0, 1] from decoder stats: unmap(sigmoid(mu)) (or mu clamped to [0, 1] for MSE)."""
         mu = stats.float()[:, : self.config.channels]
         if self.config.likelihood == "mse":
-            return torch.sigmoid(mu)
+            return mu.clamp(0.0, 1.0)
         return unmap_pixels(torch.sigmoid(mu))
 
     def nll(self, images: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
@@ -376,31 +386,36 @@ def dequantize(images: torch.Tensor, levels: int = 256, generator: torch.Generat
 
 
 def dvae_loss(model: DiscreteVAE, images: torch.Tensor, tau: float, beta: float, hard: bool = False,
-              generator: torch.Generator | None = None, dequantize_target: bool = True
+              generator: torch.Generator | None = None, dequantize_target: bool = True,
+              usage_weight: float = 0.0, usage_sharpness: float = 0.1
               ) -> tuple[ELBTerms, dict[str, torch.Tensor]]:
     """The stage-1 objective (eq. 1 with the uniform prior) on one batch of images in [0, 1]:
-    the encoder sees the images, the likelihood scores their dequantized version."""
+    the encoder sees the images, the likelihood scores their dequantized version.
+    ``usage_weight`` > 0 adds the codebook-usage term of ``elb.usage_kl`` (not in the paper)."""
     out = model(images, tau=tau, hard=hard, generator=generator)
     target = dequantize(images, generator=generator) if dequantize_target else images
     terms = elb_stage1(model.nll(target, out["stats"]), out["logits"], beta=beta,
-                       n_dims=images[0].numel())
+                       n_dims=images[0].numel(), usage_weight=usage_weight, usage_sharpness=usage_sharpness)
     return terms, out
 
 
 def train_step(model: DiscreteVAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, tau: float,
                beta: float, lr: float | None = None, bf16: bool = False,
-               generator: torch.Generator | None = None, clip: float | None = 1.0) -> dict[str, float]:
-    """One update: forward (optionally under bf16 autocast), ELB loss, backward, step.
+               generator: torch.Generator | None = None, clip: float | None = 1.0,
+               usage_weight: float = 0.0, usage_sharpness: float = 0.1) -> dict[str, float]:
+    """One update: forward (optionally under bf16 autocast), ELB loss (+ the optional usage
+    term), backward, step.
 
-    Returns the floats worth logging: loss, recon_nll, kl, tau, beta and the batch MSE of the
-    relaxed reconstruction.
+    Returns the floats worth logging: loss, recon_nll, kl, usage (when used), tau, beta and
+    the batch MSE of the relaxed reconstruction.
     """
     model.train()
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
     with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
-        terms, out = dvae_loss(model, images, tau, beta, generator=generator)
+        terms, out = dvae_loss(model, images, tau, beta, generator=generator,
+                               usage_weight=usage_weight, usage_sharpness=usage_sharpness)
     optimizer.zero_grad(set_to_none=True)
     terms.loss.backward()
     if clip is not None:
@@ -408,8 +423,11 @@ def train_step(model: DiscreteVAE, optimizer: torch.optim.Optimizer, images: tor
     optimizer.step()
     with torch.no_grad():
         mse = F.mse_loss(model.reconstruct(out["stats"]), images).item()
-    return {"loss": terms.loss.item(), "recon_nll": terms.recon_nll.item(), "kl": terms.kl.item(),
-            "tau": float(tau), "beta": float(beta), "mse": mse}
+    rec = {"loss": terms.loss.item(), "recon_nll": terms.recon_nll.item(), "kl": terms.kl.item(),
+           "tau": float(tau), "beta": float(beta), "mse": mse}
+    if terms.usage is not None:
+        rec["usage"] = terms.usage.item()
+    return rec
 
 
 # --------------------------------------------------------------------------- OpenAI compatibility

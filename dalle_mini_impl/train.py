@@ -102,7 +102,9 @@ def train_dvae(args: argparse.Namespace) -> dict:
     base = DVAEConfig.paper if args.config == "paper" else DVAEConfig.toy
     size = args.image_size or (256 if args.config == "paper" else preset.image_size)
     grid = args.grid or (32 if args.config == "paper" else preset.dvae_grid)
-    changes = dict(image_size=size, grid=grid, likelihood=args.likelihood)
+    changes = dict(image_size=size, grid=grid)
+    if args.likelihood:
+        changes["likelihood"] = args.likelihood
     if args.config != "paper":
         changes.update(n_codes=args.n_codes or preset.dvae_codes)
     elif args.n_codes:
@@ -154,7 +156,8 @@ def train_dvae(args: argparse.Namespace) -> dict:
     for step in range(start, stop):
         idx = torch.randint(0, len(train_dev), (batch,), generator=g).to(device)
         rec = train_step(model, opt, train_dev[idx], tau=tau_s(step), beta=beta_s(step), lr=lr_s(step),
-                         bf16=args.bf16, generator=g if device.type == "cpu" else None)
+                         bf16=args.bf16, generator=g if device.type == "cpu" else None,
+                         usage_weight=args.usage_weight, usage_sharpness=args.usage_sharpness)
         seen += batch
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             rec.update(step=step + 1, lr=lr_s(step), images_per_s=seen / (time.perf_counter() - t0))
@@ -204,12 +207,18 @@ def add_dvae_parser(sub) -> None:
     p.add_argument("--n-hid", type=int, default=None)
     p.add_argument("--n-blk-per-group", type=int, default=None)
     p.add_argument("--codebook-dim", type=int, default=None)
-    p.add_argument("--likelihood", choices=["logit_laplace", "mse"], default="logit_laplace")
+    p.add_argument("--likelihood", choices=["logit_laplace", "mse"], default=None,
+                   help="default: the config's (toy: mse, paper: logit_laplace)")
     p.add_argument("--beta", type=float, default=6.6, help="final KL weight (paper: 6.6)")
     p.add_argument("--beta-steps", type=int, default=None, help="warm-up length (default: steps / 5)")
     p.add_argument("--tau-start", type=float, default=1.0)
     p.add_argument("--tau-end", type=float, default=1.0 / 16)
     p.add_argument("--tau-steps", type=int, default=None, help="annealing length (default: steps)")
+    p.add_argument("--usage-weight", type=float, default=0.1,
+                   help="weight of the codebook-usage term (elb.usage_kl; not in the paper: 0 trains "
+                        "the paper's objective alone, which collapses the toy codebook on shapes)")
+    p.add_argument("--usage-sharpness", type=float, default=0.1,
+                   help="logits are divided by this before averaging q over the batch")
     p.add_argument("--lr-end-ratio", type=float, default=0.05, help="cosine decay of the step size to lr * this")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--n-train", type=int, default=20_000)

@@ -135,3 +135,28 @@ def test_from_openai_accepts_pickled_files(tmp_path):
         assert (enc(dall_e.map_pixels(x)) - model.logits(x)).abs().max() < 1e-4
     with pytest.raises(TypeError, match="OpenAI"):
         dvae.from_openai(3, 4)
+
+
+def test_mse_baseline_reads_mu_directly_and_does_not_saturate():
+    """The MSE baseline's mean is the decoder output itself: a pixel painted far too dark
+    still gets a gradient (a sigmoid there saturated on the black shapes background)."""
+    from dalle_mini_impl.dvae import mse_nll
+
+    x = torch.ones(1, 3, 2, 2)
+    stats = torch.full((1, 6, 2, 2), -10.0, requires_grad=True)
+    mse_nll(x, stats, sigma=0.1).sum().backward()
+    assert stats.grad[:, :3].abs().min() > 100  # (x - mu) / sigma^2 = 1100
+    assert DVAEConfig.toy().likelihood == "mse" and DVAEConfig.paper().likelihood == "logit_laplace"
+    model = DiscreteVAE(DVAEConfig.toy(n_hid=8, codebook_dim=8, n_codes=16))
+    assert model.reconstruct(torch.full((1, 6, 2, 2), 1.7)).max() == 1.0  # clamped to [0, 1]
+
+
+def test_usage_term_reaches_the_training_step():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = DiscreteVAE(DVAEConfig.toy(n_hid=8, codebook_dim=8, n_codes=16))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    x = torch.rand(4, 3, 32, 32, generator=g)
+    rec = dvae.train_step(model, opt, x, tau=1.0, beta=1.0, generator=g, usage_weight=0.1)
+    assert 0 <= rec["usage"] <= math.log(16) + 1e-6
+    assert "usage" not in dvae.train_step(model, opt, x, tau=1.0, beta=1.0, generator=g)

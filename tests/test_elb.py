@@ -34,6 +34,38 @@ def test_elb_stage1_combines_terms():
         elb.elb_stage1(nll, logits[0], beta=1.0, n_dims=12)
 
 
+def test_usage_kl_measures_aggregate_code_usage():
+    k = 8
+    # every code the argmax of one cell, equally often: aggregate usage uniform -> 0
+    logits = torch.full((2, k, 2, 2), -10.0)
+    for i in range(k):
+        logits[i // 4, i, (i % 4) // 2, i % 2] = 10.0
+    assert elb.usage_kl(logits).item() < 1e-4
+    # every cell confident on code 3: ln K, even though each cell's own KL is maximal too
+    same = torch.full((2, k, 2, 2), -10.0)
+    same[:, 3] = 10.0
+    assert abs(elb.usage_kl(same).item() - math.log(k)) < 1e-4
+    # broad q everywhere is uniform on aggregate only at sharpness 1; sharpened, the argmax shows
+    g = torch.Generator().manual_seed(4)
+    broad = 0.3 * torch.randn(1, k, 4, 4, generator=g)
+    broad[:, 0] += 0.5  # code 0 wins most cells by a little
+    assert elb.usage_kl(broad, sharpness=1.0).item() < 0.1 < elb.usage_kl(broad, sharpness=0.05).item()
+    with pytest.raises(ValueError):
+        elb.usage_kl(logits, sharpness=0.0)
+
+
+def test_elb_stage1_usage_term_is_added_only_when_weighted():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 8, 2, 2, generator=g)
+    nll = torch.tensor([10.0, 20.0])
+    plain = elb.elb_stage1(nll, logits, beta=1.0, n_dims=12)
+    used = elb.elb_stage1(nll, logits, beta=1.0, n_dims=12, usage_weight=0.5, usage_sharpness=0.2)
+    assert plain.usage is None
+    torch.testing.assert_close(used.usage, elb.usage_kl(logits, 0.2))
+    torch.testing.assert_close(used.loss, plain.loss + 0.5 * used.usage)
+    torch.testing.assert_close(used.elb, plain.elb)  # the bound itself does not change
+
+
 def test_stage2_nll_is_cross_entropy_sum():
     g = torch.Generator().manual_seed(2)
     logits = torch.randn(3, 5, 7, generator=g)
