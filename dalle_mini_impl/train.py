@@ -106,7 +106,7 @@ def train_dvae(args: argparse.Namespace) -> dict:
     if args.likelihood:
         changes["likelihood"] = args.likelihood
     if args.config != "paper":
-        changes.update(n_codes=args.n_codes or preset.dvae_codes)
+        changes.update(n_codes=args.n_codes or preset.dvae_codes, n_hid=preset.dvae_hidden)
     elif args.n_codes:
         changes.update(n_codes=args.n_codes)
     for name in ("n_hid", "n_blk_per_group", "codebook_dim"):

@@ -120,7 +120,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "cpu": Preset("cpu", image_size=32, batch_size=32, dvae_grid=8, dvae_codes=512,
-                  dvae_hidden=64, text_len=32, d_model=256, n_layers=4, n_heads=4,
+                  dvae_hidden=32, text_len=32, d_model=256, n_layers=4, n_heads=4,
                   steps_scale=1.0),
     "gpu16": Preset("gpu16", image_size=64, batch_size=128, dvae_grid=16, dvae_codes=1024,
                     dvae_hidden=128, text_len=64, d_model=512, n_layers=12, n_heads=8,
