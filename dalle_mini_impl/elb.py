@@ -70,9 +70,11 @@ def usage_kl(logits: torch.Tensor, sharpness: float = 0.1, dim: int = 1) -> torc
     """KL(q_bar || U_K) = ln K - H(q_bar) of the batch's average code distribution (nats, scalar).
 
     ``logits``: (B, K, h, w); q_bar is the mean over the batch and the grid of
-    softmax(logits / sharpness). ``sharpness`` < 1 makes each cell's q close to the one-hot of
-    its argmax, so q_bar approximates the usage histogram of the codes ``encode`` picks (with
+    softmax(logits / sharpness). ``sharpness`` < 1 moves each cell's q toward the one-hot of
+    its argmax, so q_bar moves toward the usage histogram of the codes ``encode`` picks (with
     sharpness = 1 the term can be satisfied by making every q broad, which is not the point).
+    It only moves toward it: on the shipped toy dVAE, whose q are broad, sharpness 0.1 gives
+    0.04 nats where the argmax histogram's KL to uniform is 0.57 (lesson 04 measures this).
     0 when every code is used equally, ln K when one code takes every cell.
     """
     if sharpness <= 0:
