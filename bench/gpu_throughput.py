@@ -96,19 +96,10 @@ def bench_transformer(preset, batch: int, steps: int, device, text_vocab: int) -
     def step():
         with prec.autocast():
             t, i = model(text, image)
-        loss = dalle_loss(t, i, text, image)["loss"]
-        if prec.scaler is not None:
-            prec.scaler.scale(loss).backward()
-            prec.scaler.unscale_(opt)
-        else:
-            loss.backward()
+        prec.backward(dalle_loss(t, i, text, image)["loss"])
+        prec.unscale(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 4.0)
-        if prec.scaler is not None:
-            prec.scaler.step(opt)
-            prec.scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        prec.step(opt)
 
     seconds = _timed(step, steps, device)
     tokens = steps * batch * cfg.seq_len

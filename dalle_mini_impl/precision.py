@@ -511,19 +511,31 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """loss.backward(), of the scaled loss under fp16 (call once per micro-batch)."""
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Bring fp16 gradients back to their true size (before clipping them); else nothing."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """optimizer.step() (through GradScaler under fp16: skipped on inf/nan), then zero_grad."""
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
     def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
         """backward, step (through GradScaler for fp16), zero_grad. Returns True if stepped."""
-        if self.scaler is None:
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return True
-        before = self.scaler.get_scale()
-        self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)
-        self.scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        return self.scaler.get_scale() >= before  # GradScaler lowers the scale when it skips
+        before = self.scaler.get_scale() if self.scaler is not None else None
+        self.backward(loss)
+        self.step(optimizer)
+        # GradScaler lowers the scale when it skips
+        return before is None or self.scaler.get_scale() >= before
 
 
 def pick_precision(device: torch.device | str | None = None, prefer: str | None = None,

@@ -443,24 +443,14 @@ def train_dalle(args: argparse.Namespace) -> dict:
                 with prec.autocast():
                     text_logits, image_logits = net(text, img)
                 part = dalle_loss(text_logits, image_logits, text, img, args.text_weight)
-                loss = part["loss"] * share
-                if prec.scaler is not None:
-                    prec.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
+                prec.backward(part["loss"] * share)
                 for k in losses:
                     losses[k] = losses[k] + part[k].detach() * share
-            if prec.scaler is not None:
-                prec.scaler.unscale_(opt)
+            prec.unscale(opt)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.prior.parameters(), args.clip)
             if hasattr(grad_norm, "full_tensor"):  # a DTensor under --fsdp
                 grad_norm = grad_norm.full_tensor()
-            if prec.scaler is not None:
-                prec.scaler.step(opt)
-                prec.scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
+            prec.step(opt)
             if ema is not None:
                 with torch.no_grad():
                     for k, v in model.prior.state_dict().items():
