@@ -92,11 +92,13 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- dvae
 def train_dvae(args: argparse.Namespace) -> dict:
     """Stage 1: train the discrete VAE (lessons 03-04) with the ELB, beta warm-up and tau annealing."""
-    from .dvae import DiscreteVAE, DVAEConfig, train_step
+    from .dvae import DiscreteVAE, DVAEConfig, decoder_step, train_step
     from .elb import Schedule, beta_schedule, codebook_usage, dead_codes, perplexity, tau_schedule
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.decoder_steps < 0:
+        raise ValueError(f"--decoder-steps must be >= 0 (0 skips the decoder stage), got {args.decoder_steps}")
     device = get_device(args.device)
     preset = get_preset(args.preset, device)
     base = DVAEConfig.paper if args.config == "paper" else DVAEConfig.toy
@@ -134,6 +136,9 @@ def train_dvae(args: argparse.Namespace) -> dict:
     tau_s = tau_schedule(args.tau_steps or args.steps, start=args.tau_start, end=args.tau_end)
     beta_s = beta_schedule(args.beta_steps or max(1, args.steps // 5), end=args.beta)
     lr_s = Schedule(lr, lr * args.lr_end_ratio, args.steps)
+    dec_lr = args.decoder_lr if args.decoder_lr is not None else lr / 2
+    dec_lr_s = Schedule(dec_lr, dec_lr * args.lr_end_ratio, args.decoder_steps)
+    total = args.steps + args.decoder_steps  # stage 1 updates, then the hard-token decoder stage
     log = RunLog(out / "metrics.jsonl")
     start = 0
     if args.resume:
@@ -151,31 +156,38 @@ def train_dvae(args: argparse.Namespace) -> dict:
                                "args": {k: v for k, v in vars(args).items() if k != "func"}})
 
     train_dev = train.to(device)
-    t0, seen = time.perf_counter(), 0
-    stop = args.steps if args.stop_after is None else min(args.steps, start + args.stop_after)
+    t0, seen, ids = time.perf_counter(), 0, None
+    stop = total if args.stop_after is None else min(total, start + args.stop_after)
     for step in range(start, stop):
         idx = torch.randint(0, len(train_dev), (batch,), generator=g).to(device)
-        rec = train_step(model, opt, train_dev[idx], tau=tau_s(step), beta=beta_s(step), lr=lr_s(step),
-                         bf16=args.bf16, generator=g if device.type == "cpu" else None,
-                         usage_weight=args.usage_weight, usage_sharpness=args.usage_sharpness)
+        if step < args.steps:
+            lr_now = lr_s(step)
+            rec = train_step(model, opt, train_dev[idx], tau=tau_s(step), beta=beta_s(step), lr=lr_now,
+                             bf16=args.bf16, generator=g if device.type == "cpu" else None,
+                             usage_weight=args.usage_weight, usage_sharpness=args.usage_sharpness)
+        else:  # the encoder is final: fit the decoder to its argmax tokens (dvae.decoder_step)
+            if ids is None:
+                ids = model.eval().encode(train_dev)
+            lr_now = dec_lr_s(step - args.steps)
+            rec = decoder_step(model, opt, ids[idx], train_dev[idx], lr=lr_now, bf16=args.bf16)
         seen += batch
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            rec.update(step=step + 1, lr=lr_s(step), images_per_s=seen / (time.perf_counter() - t0))
+        if (step + 1) % args.log_every == 0 or step + 1 == total:
+            rec.update(step=step + 1, lr=lr_now, images_per_s=seen / (time.perf_counter() - t0))
             log.write(rec)
-        if (step + 1) % args.ckpt_every == 0 and step + 1 < args.steps:
+        if (step + 1) % args.ckpt_every == 0 and step + 1 < total:
             save_resume(step + 1)
     train_time = time.perf_counter() - t0
-    if stop < args.steps:
+    if stop < total:
         save_resume(stop)
-        print(f"stopped at step {stop} of {args.steps}; continue with --resume")
+        print(f"stopped at step {stop} of {total}; continue with --resume")
         return {"step": stop}
 
     metrics = evaluate_dvae(model, held)
-    metrics.update(steps=args.steps, train_seconds=round(train_time, 1), device=device.type,
+    metrics.update(steps=args.steps, decoder_steps=args.decoder_steps, train_seconds=round(train_time, 1), device=device.type,
                    config=asdict(cfg), command="python -m dalle_mini_impl.train " + " ".join(sys.argv[1:])
                    if sys.argv and sys.argv[0].endswith("train.py") else None)
-    save_resume(args.steps)
-    model.save(out / "dvae.pt", step=args.steps, extra={"metrics": {k: v for k, v in metrics.items()
+    save_resume(total)
+    model.save(out / "dvae.pt", step=total, extra={"metrics": {k: v for k, v in metrics.items()
                                                                     if isinstance(v, (int, float))}})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=2))
@@ -221,6 +233,10 @@ def add_dvae_parser(sub) -> None:
                    help="logits are divided by this before averaging q over the batch")
     p.add_argument("--lr-end-ratio", type=float, default=0.05, help="cosine decay of the step size to lr * this")
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--decoder-steps", type=int, default=0,
+                   help="after --steps, this many updates of the decoder alone on the encoder's hard tokens "
+                        "(dvae.decoder_step; not in the paper): sharpens what the decoder draws from real codes")
+    p.add_argument("--decoder-lr", type=float, default=None, help="step size of that stage (default: lr / 2)")
     p.add_argument("--n-train", type=int, default=20_000)
     p.add_argument("--n-eval", type=int, default=1_000)
     p.set_defaults(func=train_dvae)

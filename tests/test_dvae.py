@@ -160,3 +160,19 @@ def test_usage_term_reaches_the_training_step():
     rec = dvae.train_step(model, opt, x, tau=1.0, beta=1.0, generator=g, usage_weight=0.1)
     assert 0 <= rec["usage"] <= math.log(16) + 1e-6
     assert "usage" not in dvae.train_step(model, opt, x, tau=1.0, beta=1.0, generator=g)
+
+
+def test_decoder_step_fits_hard_tokens_and_leaves_the_encoder():
+    """dvae.decoder_step: the decoder learns to draw from argmax ids; the encoder gets no update."""
+    torch.manual_seed(0)
+    model = DiscreteVAE(DVAEConfig.toy(n_hid=16, codebook_dim=16, n_codes=32, likelihood="mse"))
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ids = model.eval().encode(x)
+    enc = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    first = dvae.decoder_step(model, opt, ids, x)
+    for _ in range(20):
+        last = dvae.decoder_step(model, opt, ids, x)
+    assert last["stage"] == "decoder" and last["mse"] < first["mse"] and last["loss"] < first["loss"]
+    assert all(torch.equal(enc[k], v) for k, v in model.encoder.state_dict().items())
+    assert torch.equal(model.eval().encode(x), ids)

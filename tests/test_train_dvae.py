@@ -45,3 +45,26 @@ def test_dvae_command_rejects_bad_input(tmp_path):
         train.main(["dvae", "--out", str(tmp_path)])  # --steps is required
     with pytest.raises(ValueError, match="unknown dataset"):
         train.main(["dvae", "--dataset", "nope", "--steps", "1", "--out", str(tmp_path), *TINY])
+
+
+def test_decoder_stage_keeps_the_tokens_and_resumes_exactly(tmp_path):
+    """--decoder-steps: the encoder (so every token id) stays as stage 1 left it, only the
+    decoder and codebook move; a run stopped inside that stage resumes to the same weights."""
+    one, two, part = tmp_path / "one", tmp_path / "two", tmp_path / "part"
+    train.main(["dvae", "--steps", "3", "--out", str(one), *TINY])
+    train.main(["dvae", "--steps", "3", "--decoder-steps", "3", "--out", str(two), *TINY])
+    a = torch.load(one / "dvae.pt", weights_only=False)["model"]
+    b = torch.load(two / "dvae.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    lines = [json.loads(l) for l in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [l.get("stage") for l in lines] == [None] * 3 + ["decoder"] * 3
+    assert json.loads((two / "metrics.json").read_text())["decoder_steps"] == 3
+
+    train.main(["dvae", "--steps", "3", "--decoder-steps", "3", "--stop-after", "4", "--out", str(part), *TINY])
+    train.main(["dvae", "--steps", "3", "--decoder-steps", "3", "--resume", "--out", str(part), *TINY])
+    c = torch.load(part / "dvae.pt", weights_only=False)["model"]
+    for k in b:
+        assert torch.equal(b[k], c[k]), k
+    with pytest.raises(ValueError, match="--decoder-steps must be >= 0"):
+        train.main(["dvae", "--steps", "1", "--decoder-steps", "-1", "--out", str(tmp_path / "bad"), *TINY])
