@@ -331,21 +331,28 @@ class DALLE(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "DALLE":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu",
+             dvae: "str | Path | DiscreteVAE | None" = None) -> "DALLE":
         """A system saved by :meth:`save` (or by ``python -m dalle_mini_impl.train dalle``),
-        on ``device`` ("cpu", "cuda", ...), in eval mode."""
+        on ``device`` ("cpu", "cuda", ...), in eval mode.
+
+        ``dvae`` (a checkpoint path or a loaded model) replaces the directory's ``dvae.pt``:
+        runs that share one dVAE (lesson 10's sweep) keep a single copy of it. It must be the
+        dVAE the prior was trained on (same codes), or the samples are noise."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"no DALL-E model directory at {path}: train one with "
                                     "`python -m dalle_mini_impl.train dalle --out DIR` or use data/dalle_shapes_toy")
-        missing = [f for f in ("config.json", "tokenizer.json", "dvae.pt", "prior.pt") if not (path / f).is_file()]
+        need = ("config.json", "tokenizer.json", "prior.pt") + (("dvae.pt",) if dvae is None else ())
+        missing = [f for f in need if not (path / f).is_file()]
         if missing:
             raise FileNotFoundError(f"{path} is not a complete DALL-E directory: missing {missing}")
         meta = json.loads((path / "config.json").read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}/config.json has format {meta.get('format')!r}, expected {FORMAT!r}")
         tokenizer = CaptionTokenizer.load(path / "tokenizer.json")
-        dvae = DiscreteVAE.load(path / "dvae.pt", map_location="cpu")
+        if not isinstance(dvae, DiscreteVAE):
+            dvae = DiscreteVAE.load(path / "dvae.pt" if dvae is None else dvae, map_location="cpu")
         model = cls(tokenizer, dvae, DALLEConfig.from_dict(meta["config"]))
         state = torch.load(path / "prior.pt", map_location="cpu", weights_only=True)["prior"]
         model.prior.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})

@@ -138,6 +138,12 @@ def test_save_load_round_trip_gives_identical_samples(model, tmp_path):
     b = loaded.generate(CAPTIONS, n=2, top_k=8, seed=3)
     assert torch.equal(a, b)
     assert loaded.config == model.config
+    shared = tmp_path / "shared_dvae.pt"  # a run without its own dvae.pt, loaded with a shared one
+    (tmp_path / "m" / "dvae.pt").rename(shared)
+    with pytest.raises(FileNotFoundError, match=r"missing \['dvae.pt'\]"):
+        DALLE.load(tmp_path / "m")
+    for dvae in (shared, DiscreteVAE.load(shared)):
+        assert torch.equal(DALLE.load(tmp_path / "m", dvae=dvae).generate(CAPTIONS, n=2, top_k=8, seed=3), a)
     with pytest.raises(FileNotFoundError, match="no DALL-E model directory"):
         DALLE.load(tmp_path / "nothing")
     (tmp_path / "m" / "prior.pt").unlink()
