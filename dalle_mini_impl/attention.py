@@ -68,7 +68,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 try:  # torch >= 2.5
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -211,24 +210,26 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return probs @ v  # (B, nh, Lq, hd)
 
 
-# On CPU, SDPA's fused (flash) kernel is slow for short sequences: at the toy's 96 tokens
-# (batch 32, 4 heads of 64) forward + backward took 31 ms in bf16 against 12 ms with PyTorch's
-# own MATH backend; from about 300 tokens on the fused kernel wins (336: 12.5 vs 14.1 ms; 1280:
-# 122 vs 295 ms). So short CPU sequences ask SDPA for its MATH backend.
-CPU_MATH_MAX_LEN = 256
+# On CPU, SDPA is slow for short 16-bit sequences: its MATH backend computes half and bfloat16
+# inputs in float32, and its fused (flash) kernel is tuned for long ones. At the toy's 96 tokens
+# (batch 32, 4 heads of 64, one thread, forward + backward, bf16): fused 33.7 ms, MATH 22.5 ms,
+# the written-out attention_reference above (bf16 matmuls, float32 softmax) 10.0 ms. In float32
+# the fused kernel is the fastest (17.5 ms; MATH 21.4, written out 20.0), and in bf16 it wins
+# again from about 300 keys. So 16-bit CPU attention over at most CPU_WRITTEN_OUT_MAX_LEN keys
+# runs written out; everything else (GPUs, float32, long sequences) goes to SDPA. Both compute
+# the same function (tests/test_attention.py checks them against each other).
+CPU_WRITTEN_OUT_MAX_LEN = 256
 
 
 def attention_sdpa(q, k, v, mask: torch.Tensor | None = None, dropout_p: float = 0.0,
                    training: bool = False) -> torch.Tensor:
-    """The same through ``F.scaled_dot_product_attention`` with the boolean mask (on CPU,
-    sequences of at most ``CPU_MATH_MAX_LEN`` keys use SDPA's MATH backend: faster there)."""
-    def run():
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                              dropout_p=dropout_p if training else 0.0)
-    if q.device.type == "cpu" and k.shape[-2] <= CPU_MATH_MAX_LEN:
-        with sdpa_kernel(SDPBackend.MATH):
-            return run()
-    return run()
+    """The same through ``F.scaled_dot_product_attention`` with the boolean mask (except for
+    short 16-bit sequences on CPU, which run :func:`attention_reference`: faster there, see
+    ``CPU_WRITTEN_OUT_MAX_LEN``)."""
+    if (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+            and k.shape[-2] <= CPU_WRITTEN_OUT_MAX_LEN):
+        return attention_reference(q, k, v, mask, dropout_p, training)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p if training else 0.0)
 
 
 @functools.lru_cache(maxsize=64)

@@ -129,20 +129,20 @@ def _saved_bytes(cfg, batch):
 def test_transformer_activation_formula_against_saved_tensors(monkeypatch):
     """The formula (38 s b d per layer + 12 bytes per logit) against what autograd really
     keeps for a small prior under bf16 autocast, with SDPA's fused kernel (what GPUs run; on
-    CPU short sequences otherwise take the MATH backend, which keeps the attention
-    probabilities: then the measurement exceeds the formula by at least that term). The
+    CPU short 16-bit sequences otherwise run the written-out attention, which keeps the
+    attention probabilities: then the measurement exceeds the formula by at least that term). The
     measurement includes the 16-bit weight copies, which the estimate counts with the states
     (2 bytes per parameter)."""
     from dalle_mini_impl import attention
 
     cfg = TransformerConfig(text_vocab=435, image_vocab=512, text_len=32, image_grid=8,
                             d_model=128, n_layers=3, n_heads=4)
-    monkeypatch.setattr(attention, "CPU_MATH_MAX_LEN", 0)  # the fused kernel
+    monkeypatch.setattr(attention, "CPU_WRITTEN_OUT_MAX_LEN", 0)  # the fused kernel
     measured, model = _saved_bytes(cfg, 8)
     formula = sizing.transformer_activation_bytes(cfg, 8)
     n = sum(p.numel() for p in model.parameters())
     assert 0.8 * formula <= measured <= formula + 2 * n, (measured, formula)
-    monkeypatch.setattr(attention, "CPU_MATH_MAX_LEN", 256)  # MATH: probabilities kept
+    monkeypatch.setattr(attention, "CPU_WRITTEN_OUT_MAX_LEN", 256)  # written out: probabilities kept
     with_probs, _ = _saved_bytes(cfg, 8)
     assert with_probs >= measured + 0.9 * (sizing.transformer_activation_bytes(cfg, 8, scores=True) - formula)
 

@@ -100,6 +100,23 @@ def test_three_paths_agree(kind, text_len, grid, kernel):
         assert (ref - attention(q, k, v, spec, backend)).abs().max() < 1e-5
 
 
+def test_short_bf16_cpu_attention_written_out_agrees_with_sdpa(monkeypatch):
+    """16-bit CPU attention over few keys runs written out (faster there); it computes what
+    SDPA computes, forward and backward, within bfloat16 rounding."""
+    from dalle_mini_impl import attention as A
+    g = torch.Generator().manual_seed(0)
+    mask = build_mask("row", 8, 6)
+    q, k, v = torch.randn(3, 2, 4, 44, 16, generator=g).to(torch.bfloat16).requires_grad_()
+    out = attention_sdpa(q, k, v, mask)
+    (gq,) = torch.autograd.grad(out.float().square().sum(), q)
+    monkeypatch.setattr(A, "CPU_WRITTEN_OUT_MAX_LEN", 0)  # SDPA itself
+    out2 = attention_sdpa(q, k, v, mask)
+    (gq2,) = torch.autograd.grad(out2.float().square().sum(), q)
+    torch.testing.assert_close(out.float(), out2.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(gq.float(), gq2.float(), atol=5e-2, rtol=5e-2)
+    assert torch.equal(out, attention_reference(q, k, v, mask))  # the short bf16 path is the written-out one
+
+
 @pytest.mark.parametrize("kind", MASK_KINDS)
 def test_changing_a_future_token_leaves_earlier_outputs_unchanged(kind):
     g = torch.Generator().manual_seed(1)
