@@ -29,30 +29,47 @@ from .utils import get_device, get_preset, load_checkpoint, save_checkpoint, see
 
 
 # --------------------------------------------------------------------------- shared helpers
-def load_images(spec: str, n: int | None, split: str, image_size: int, seed: int,
-                n_objects: tuple[int, ...] = (1, 2)) -> torch.Tensor:
-    """A dataset by name as one float tensor (N, C, S, S) in [0, 1].
+def load_pairs(spec: str, n: int | None, image_size: int, seed: int, objects: int | tuple = 1,
+               split: str = "train") -> tuple[torch.Tensor, list[str]]:
+    """(images (M, C, S, S) float in [0, 1], captions) of a dataset by name: ``shapes``,
+    ``digits``, ``folder:PATH`` (images with same-named .txt captions) or ``coco:JSON``.
 
-    ``shapes`` is drawn with ``n`` samples (and ``n_objects`` objects each); other datasets
-    are read whole (``n`` then caps how many are kept)."""
-    kwargs = {}
-    name = spec.split(":")[0].strip().lower()
+    ``shapes`` is drawn with ``n`` samples (default 20,000) of ``objects`` objects each; the
+    other datasets are read whole and ``n`` caps how many are kept. ``split``: shapes
+    "train", "holdout" or "all"; digits "train" or "test" (any other value means "test");
+    folders and COCO have no splits."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("--dataset must be 'shapes', 'digits' or 'folder:PATH'")
+    name, _, arg = spec.partition(":")
+    name = name.strip().lower()
+    kwargs: dict = {}
     if name == "shapes":
-        kwargs = {"n": n or 20_000, "n_objects": n_objects}
+        kwargs = {"n": n or 20_000, "n_objects": objects, "split": split}
     elif name == "digits":
-        kwargs = {"channels": 3}
-    ds = datasets.load_dataset(spec, image_size=image_size, split=split, seed=seed, **kwargs)
-    if hasattr(ds, "float_images"):
-        images = ds.float_images()
-    elif hasattr(ds, "images") and torch.is_tensor(ds.images):
-        images = ds.images.float() / 255.0 if ds.images.dtype == torch.uint8 else ds.images.float()
+        kwargs = {"channels": 3, "split": "train" if split == "train" else "test"}
+    elif name in ("folder", "coco"):
+        if not arg.strip():
+            raise ValueError(f"'{name}:' needs a path, e.g. --dataset {name}:data/sample_folder")
+        path = Path(arg).expanduser()
+        if not path.exists():
+            raise ValueError(f"--dataset {spec}: {path} does not exist; give a folder of images with "
+                             "same-named .txt captions, e.g. folder:data/sample_folder")
     else:
-        images = torch.stack([ds[i][0] for i in range(len(ds))])
+        raise ValueError(f"unknown dataset {spec!r}: use 'shapes', 'digits' or 'folder:PATH'")
+    ds = datasets.load_dataset(spec, image_size=image_size, seed=seed, **kwargs)
+    images = ds.float_images() if hasattr(ds, "float_images") else ds.images.float()
+    captions = list(ds.captions)
     if n is not None:
-        images = images[:n]
+        images, captions = images[:n], captions[:n]
     if len(images) == 0:
         raise ValueError(f"dataset {spec!r} (split {split!r}) has no images")
-    return images
+    return images, captions
+
+
+def load_images(spec: str, n: int | None, split: str, image_size: int, seed: int,
+                n_objects: tuple[int, ...] = (1, 2)) -> torch.Tensor:
+    """The images of :func:`load_pairs` alone (shapes with one or two objects by default)."""
+    return load_pairs(spec, n, image_size, seed, n_objects, split)[0]
 
 
 class RunLog:
@@ -122,11 +139,15 @@ def train_dvae(args: argparse.Namespace) -> dict:
 
     g = seed_everything(args.seed)
     train = load_images(args.dataset, args.n_train, "train", cfg.image_size, args.seed)
-    split = "holdout" if args.dataset.startswith("shapes") else "test"
-    try:
-        held = load_images(args.dataset, args.n_eval, split, cfg.image_size, args.seed + 1)
-    except (ValueError, TypeError):  # a dataset without that split: keep its last images aside
-        n_eval = min(args.n_eval, len(train) // 10)
+    name = args.dataset.split(":")[0].strip().lower()
+    if name in ("shapes", "digits"):  # their own held-out split (shapes: unseen colour-shape pairs)
+        held = load_images(args.dataset, args.n_eval, "holdout" if name == "shapes" else "test",
+                           cfg.image_size, args.seed + 1)
+    else:  # a folder or COCO file has no split: keep its last images aside
+        if len(train) < 2:
+            raise ValueError(f"{args.dataset} has {len(train)} image(s): too few to keep any aside for "
+                             "evaluation; add images (at least 2, better hundreds)")
+        n_eval = min(args.n_eval, max(1, len(train) // 10))
         train, held = train[:-n_eval], train[-n_eval:]
     if train.shape[1] != cfg.channels:
         raise ValueError(f"the dataset has {train.shape[1]}-channel images; this dVAE expects {cfg.channels}")

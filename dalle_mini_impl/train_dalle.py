@@ -55,6 +55,7 @@ import torch
 
 from .dalle import (DALLE, DALLEConfig, count_prior_parameters, dalle_loss, memory_estimate,
                     paper_prior_config, prior_config_for)
+from .train import RunLog, load_pairs
 from .utils import (atomic_write_bytes, get_device, get_preset, load_checkpoint, save_checkpoint,
                     seed_everything)
 
@@ -79,39 +80,6 @@ SHAPES_SAMPLE_CAPTIONS = [
 
 
 # --------------------------------------------------------------------------- data
-def load_pairs(spec: str, n: int | None, image_size: int, seed: int, objects: int | tuple = 1,
-               split: str = "train") -> tuple[torch.Tensor, list[str]]:
-    """(images (M, 3, S, S) float in [0, 1], captions) of a dataset by name."""
-    from . import datasets
-
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError("--dataset must be 'shapes', 'digits' or 'folder:PATH'")
-    name, _, arg = spec.partition(":")
-    name = name.strip().lower()
-    if name == "shapes":
-        ds = datasets.ShapesDataset(n or 20_000, image_size=image_size, seed=seed, split=split,
-                                    n_objects=objects)
-        return ds.float_images(), list(ds.captions)
-    if name == "digits":
-        ds = datasets.DigitsDataset(split="train" if split == "train" else "test",
-                                    image_size=image_size, channels=3, seed=seed)
-        images, captions = ds.images, list(ds.captions)
-    elif name in ("folder", "coco"):
-        if not arg.strip():
-            raise ValueError(f"'{name}:' needs a path, e.g. --dataset {name}:data/sample_folder")
-        path = Path(arg).expanduser()
-        if not path.exists():
-            raise ValueError(f"--dataset {spec}: {path} does not exist; give a folder of images with "
-                             "same-named .txt captions, e.g. folder:data/sample_folder")
-        ds = datasets.load_dataset(spec, image_size=image_size)
-        images, captions = ds.float_images(), list(ds.captions)
-    else:
-        raise ValueError(f"unknown dataset {spec!r}: use 'shapes', 'digits' or 'folder:PATH'")
-    if n is not None:
-        images, captions = images[:n], captions[:n]
-    return images, captions
-
-
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
@@ -468,8 +436,7 @@ def train_dalle(args: argparse.Namespace) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
             if rank == 0 and (step % args.log_every == 0 or step == args.steps):
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(last) + "\n")
+                RunLog(log_path, quiet=True).write(last)
             if rank == 0 and args.sample_every and step % args.sample_every == 0:
                 write_samples(step)
             if step % args.ckpt_every == 0 and step < args.steps:

@@ -1,6 +1,7 @@
 """The training command: `python -m dalle_mini_impl.train dvae ...` writes loadable
 checkpoints, a JSONL log and final metrics, and --resume continues the run."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,3 +69,22 @@ def test_decoder_stage_keeps_the_tokens_and_resumes_exactly(tmp_path):
         assert torch.equal(b[k], c[k]), k
     with pytest.raises(ValueError, match="--decoder-steps must be >= 0"):
         train.main(["dvae", "--steps", "1", "--decoder-steps", "-1", "--out", str(tmp_path / "bad"), *TINY])
+
+
+def test_folder_dataset_keeps_its_last_images_for_evaluation(tmp_path):
+    """A folder has no held-out split: the command keeps its last images aside (never trained
+    on) and evaluates on them; a folder too small to spare one image is refused clearly."""
+    from dalle_mini_impl.train import load_images
+    out = tmp_path / "run"
+    train.main(["dvae", "--dataset", "folder:data/sample_folder", "--steps", "2", "--n-eval", "2",
+                "--out", str(out), *TINY])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_eval"] == 1  # 6 images: a tenth, at least one, kept aside
+    images = load_images("folder:data/sample_folder", None, "train", 32, 0)
+    assert len(images) == 6
+    small = tmp_path / "small"
+    small.mkdir()
+    for f in ("shape_00.png", "shape_00.txt"):
+        (small / f).write_bytes((Path("data/sample_folder") / f).read_bytes())
+    with pytest.raises(ValueError, match="too few to keep any aside"):
+        train.main(["dvae", "--dataset", f"folder:{small}", "--steps", "1", "--out", str(tmp_path / "s"), *TINY])
