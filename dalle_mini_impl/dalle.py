@@ -376,9 +376,9 @@ def paper_prior_config() -> TransformerConfig:
 
 def count_prior_parameters(cfg: TransformerConfig) -> int:
     """Parameters of a prior, counted without allocating memory (on the meta device)."""
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    return sum(p.numel() for p in model.parameters())
+    from .sizing import count_parameters_meta
+
+    return count_parameters_meta(lambda: Transformer(cfg))
 
 
 def time_generation(model: DALLE, captions: Sequence[str], n: int = 1, **kw) -> float:

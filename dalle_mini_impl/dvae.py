@@ -399,6 +399,21 @@ def dvae_loss(model: DiscreteVAE, images: torch.Tensor, tau: float, beta: float,
     return terms, out
 
 
+def _update(model: DiscreteVAE, optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: float | None) -> None:
+    """Backward, optional gradient clipping at ``clip``, optimizer step (both dVAE stages)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float | None) -> None:
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+
 def train_step(model: DiscreteVAE, optimizer: torch.optim.Optimizer, images: torch.Tensor, tau: float,
                beta: float, lr: float | None = None, bf16: bool = False,
                generator: torch.Generator | None = None, clip: float | None = 1.0,
@@ -410,17 +425,11 @@ def train_step(model: DiscreteVAE, optimizer: torch.optim.Optimizer, images: tor
     the batch MSE of the relaxed reconstruction.
     """
     model.train()
-    if lr is not None:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    _set_lr(optimizer, lr)
     with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
         terms, out = dvae_loss(model, images, tau, beta, generator=generator,
                                usage_weight=usage_weight, usage_sharpness=usage_sharpness)
-    optimizer.zero_grad(set_to_none=True)
-    terms.loss.backward()
-    if clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    optimizer.step()
+    _update(model, optimizer, terms.loss, clip)
     with torch.no_grad():
         mse = F.mse_loss(model.reconstruct(out["stats"]), images).item()
     rec = {"loss": terms.loss.item(), "recon_nll": terms.recon_nll.item(), "kl": terms.kl.item(),
@@ -443,17 +452,11 @@ def decoder_step(model: DiscreteVAE, optimizer: torch.optim.Optimizer, ids: torc
     optimizer skips them). Returns the loss (the likelihood's nats per image) and the MSE.
     """
     model.train()
-    if lr is not None:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    _set_lr(optimizer, lr)
     with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
         stats = model.decode_stats(ids)
     loss = model.nll(images, stats.float()).mean()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    optimizer.step()
+    _update(model, optimizer, loss, clip)
     with torch.no_grad():
         mse = F.mse_loss(model.reconstruct(stats), images).item()
     return {"loss": loss.item(), "mse": mse, "stage": "decoder"}
