@@ -3,10 +3,10 @@
 The training commands ask this module, never ``torch.cuda`` directly, which fast path a
 device gets, so that every choice is a small function a CPU-only test can check:
 
-* ``amp_dtype(device)`` -- the autocast dtype: bfloat16 where the device supports it
-  (``torch.cuda.is_bf16_supported()`` on CUDA; always on CPU), float16 on an older CUDA card
-  (it then needs lesson 07's loss scaling: ``precision.pick_precision`` returns the
-  ``GradScaler``; this module only reports its choice), float32 elsewhere (MPS).
+* ``amp_dtype(device)`` -- the autocast dtype of ``precision.pick_precision`` (the one
+  policy): bfloat16 where the device computes it natively (``torch.cuda.is_bf16_supported()``
+  on CUDA; AVX512_BF16/AMX or Arm bf16 on a CPU), float16 on an older CUDA card (it then needs
+  lesson 07's loss scaling), float32 elsewhere (AVX2-only CPUs, MPS).
 * ``make_adamw(params, device, ...)`` -- AdamW with ``fused=True`` on CUDA only (one kernel
   for the whole update; the CPU build has it too since torch 2.4, but it is not faster there,
   and older CPU builds lack it, so CPU keeps the default implementation).

@@ -16,8 +16,10 @@ What this module gives
 * ``float16_stats`` and ``GradientMonitor``: how many gradient elements are zero, subnormal
   or non-finite when stored in float16, and each resblock's gradient norm, from backward hooks.
 * ``PerResblockGradScaler``: appendix D's rule, attached to any list of residual branches.
-* ``pick_precision`` / ``Precision``: the ordinary case; one helper that picks bf16, fp16 plus
-  ``torch.amp.GradScaler``, or fp32 for a device and wraps ``torch.autocast``.
+* ``pick_precision`` / ``Precision``: the ordinary case and the package's one precision policy
+  (``auto``: bf16 on a GPU or CPU that computes it natively, fp16 plus ``torch.amp.GradScaler``
+  on an older GPU, float32 elsewhere; ``$DALLE_PRECISION`` or an argument overrides it); it
+  wraps ``torch.autocast`` and never applies a non-finite gradient.
 * ``DeepResidualStack``: the lesson's toy, a deep stack of residual MLP blocks.
 
 Per-resblock scaling, as implemented (figure 4 and appendix D)
@@ -92,6 +94,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -101,7 +104,7 @@ import torch.nn as nn
 __all__ = [
     "float16_stats", "underflow_fraction", "GradientMonitor", "GradScaleConfig",
     "update_log2_scale", "replay_scales", "ActivationGradHooks", "PerResblockGradScaler", "Precision",
-    "pick_precision", "fp32_logits", "check_fp32_master_weights", "DeepStackConfig",
+    "pick_precision", "as_precision", "PRECISION_ENV", "PRECISION_CHOICES", "fp32_logits", "check_fp32_master_weights", "DeepStackConfig",
     "DeepResidualStack", "ResidualMLPBlock", "teacher_task",
 ]
 
@@ -493,18 +496,31 @@ def replay_scales(log2_amax, n_updates: int, config: GradScaleConfig | None = No
 
 
 # --------------------------------------------------------------------------- the ordinary case
+PRECISION_ENV = "DALLE_PRECISION"
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass
 class Precision:
-    """The precision a device trains in: ``autocast()`` for the forward, ``backward_step`` for
-    loss.backward + (scaled) optimizer step. Master weights stay float32 in every mode."""
+    """The precision a device trains in: ``autocast()`` for the forward, then ``backward``,
+    ``unscale`` (before clipping) and ``step`` for the update. Master weights stay float32 in
+    every mode. ``step`` never applies a non-finite gradient: it skips the update instead
+    (``torch.amp.GradScaler`` does so under fp16; here the same holds for fp32 and bf16) and
+    counts it in ``n_skipped``."""
 
     device_type: str
     dtype: torch.dtype
     scaler: torch.amp.GradScaler | None = None
+    reason: str = ""
+    n_skipped: int = 0
 
     @property
     def name(self) -> str:
         return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def __str__(self) -> str:
+        return f"{self.name} on {self.device_type}" + (f" ({self.reason})" if self.reason else "")
 
     def autocast(self):
         if self.dtype == torch.float32:
@@ -520,54 +536,112 @@ class Precision:
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        """optimizer.step() (through GradScaler under fp16: skipped on inf/nan), then zero_grad."""
-        if self.scaler is None:
-            optimizer.step()
-        else:
+    def step(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor | float | None = None) -> bool:
+        """optimizer.step() unless a gradient is inf or NaN, then zero_grad. Returns True if
+        the weights changed.
+
+        fp16: ``GradScaler.step`` checks and skips (and lowers its scale). fp32 / bf16: the
+        gradient norm decides (pass the one ``clip_grad_norm_`` returned; otherwise it is
+        computed here): a non-finite norm means a non-finite gradient, and the step is
+        skipped, so a bad batch never writes inf or NaN into a weight."""
+        if self.scaler is not None:
+            before = self.scaler.get_scale()
             self.scaler.step(optimizer)
             self.scaler.update()
+            applied = not self.scaler.is_enabled() or self.scaler.get_scale() >= before
+        else:
+            if grad_norm is None:
+                grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+                grad_norm = torch.linalg.vector_norm(torch.stack(
+                    [torch.linalg.vector_norm(g.detach().float()) for g in grads])) if grads else 0.0
+            applied = bool(torch.isfinite(torch.as_tensor(grad_norm)).all())
+            if applied:
+                optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        self.n_skipped += int(not applied)
+        return applied
 
     def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
-        """backward, step (through GradScaler for fp16), zero_grad. Returns True if stepped."""
-        before = self.scaler.get_scale() if self.scaler is not None else None
+        """backward, step (skipped on a non-finite gradient), zero_grad. Returns True if stepped."""
         self.backward(loss)
-        self.step(optimizer)
-        # GradScaler lowers the scale when it skips
-        return before is None or self.scaler.get_scale() >= before
+        self.unscale(optimizer)
+        return self.step(optimizer)
+
+
+def _requested(prefer: str | None) -> tuple[str, str]:
+    """(choice, where it came from): the argument, else ``$DALLE_PRECISION``, else auto."""
+    if prefer is not None:
+        choice, source = prefer, "asked for"
+    elif os.environ.get(PRECISION_ENV, "").strip():
+        choice, source = os.environ[PRECISION_ENV], f"${PRECISION_ENV}"
+    else:
+        choice, source = "auto", "auto"
+    key = str(choice).strip().lower()
+    if key not in PRECISION_CHOICES:
+        raise ValueError(f"unknown precision {choice!r} ({source}): choose one of "
+                         f"{', '.join(PRECISION_CHOICES)}")
+    return key, source
 
 
 def pick_precision(device: torch.device | str | None = None, prefer: str | None = None,
                    bf16_supported: bool | None = None) -> Precision:
-    """bf16 where the device supports it, fp16 with ``torch.amp.GradScaler`` on a CUDA card
-    without bf16, float32 otherwise (e.g. MPS, unknown devices).
+    """The precision to train and sample in: the one policy every command, lesson and
+    benchmark uses.
 
-    ``prefer`` ("fp32", "bf16", "fp16") forces a choice; ``bf16_supported`` overrides the
-    detection (tests use it to exercise the CUDA branches on a CPU machine).
+    ``prefer`` ("auto", "fp32", "bf16", "fp16"; default ``$DALLE_PRECISION``, else "auto").
+    ``auto`` picks:
+
+    * CUDA: bf16 where the card supports it (A100, H100, L4, RTX 30xx+), else fp16 with
+      ``torch.amp.GradScaler`` (T4, V100);
+    * CPU: bf16 only where the CPU computes it natively (``utils.cpu_bf16_native``: AVX512_BF16
+      or AMX on x86, the bf16 extension on Arm), float32 otherwise -- on an AVX2-only CPU a
+      bf16 matmul is 7-40x slower than float32;
+    * anything else (MPS): float32.
+
+    ``bf16_supported`` overrides the detection (tests use it to exercise every branch).
     """
     device = torch.device(device) if device is not None else \
         torch.device("cuda" if torch.cuda.is_available() else "cpu")
     kind = device.type
-    if prefer is not None and prefer not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"prefer must be 'fp32', 'bf16' or 'fp16', got {prefer!r}")
+    choice, source = _requested(prefer)
     if bf16_supported is None:
         if kind == "cuda":
             bf16_supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        elif kind == "cpu":
+            from .utils import cpu_bf16_native
+
+            bf16_supported = cpu_bf16_native()
         else:
-            bf16_supported = kind == "cpu"
-    if prefer is None:
+            bf16_supported = False
+    if choice == "auto":
         if bf16_supported and kind in ("cuda", "cpu"):
-            prefer = "bf16"
+            choice, reason = "bf16", f"auto: this {'GPU' if kind == 'cuda' else 'CPU'} computes bf16 natively"
         elif kind == "cuda":
-            prefer = "fp16"
+            choice, reason = "fp16", "auto: this GPU has no bf16; fp16 with loss scaling"
+        elif kind == "cpu":
+            choice, reason = "fp32", "auto: this CPU has no native bf16"
         else:
-            prefer = "fp32"
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prefer]
+            choice, reason = "fp32", f"auto: float32 on {kind}"
+    else:
+        reason = source
+        if choice == "bf16" and kind == "cpu" and not bf16_supported:
+            import warnings
+
+            warnings.warn("bf16 on a CPU without native bf16 instructions is emulated and can be "
+                          "7-40x slower than float32: use precision 'auto' or 'fp32'", stacklevel=2)
+    dtype = _DTYPES[choice]
     scaler = None
     if dtype == torch.float16:  # (disabled, not warned about, when CUDA is asked for but absent)
         scaler = torch.amp.GradScaler(kind, enabled=kind != "cuda" or torch.cuda.is_available())
-    return Precision(kind, dtype, scaler)
+    return Precision(kind, dtype, scaler, reason)
+
+
+def as_precision(precision: "Precision | str | None", device: torch.device | str | None) -> Precision:
+    """A ``Precision`` from one, from a name ("auto", "fp32", "bf16", "fp16") or from None
+    (the policy of :func:`pick_precision`)."""
+    if isinstance(precision, Precision):
+        return precision
+    return pick_precision(device, prefer=precision)
 
 
 def fp32_logits(head: nn.Module, h: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Small shared utilities: seeding, device choice, presets and atomic checkpoints.
+"""Small shared utilities: seeding, device choice, the CPU's capabilities, presets and atomic
+checkpoints.
 
 Nothing here is specific to a lesson. Every lesson's setup cell calls
 ``seed_everything``, ``get_device`` and ``get_preset``; training code calls
@@ -18,8 +19,10 @@ Set the environment variable ``DALLE_PRESET`` (``cpu``, ``gpu16`` or ``gpu80``) 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import os
+import platform
 import random
 import tempfile
 from dataclasses import dataclass, field
@@ -91,6 +94,76 @@ def get_device(prefer: str | None = None) -> torch.device:
             raise ValueError(f"device {prefer!r} is not available here; available: {available}")
         return torch.device(prefer)
     return torch.device(available[0])
+
+
+# --------------------------------------------------------------------------- the CPU
+def _torch_flag(fn_path: str) -> bool:
+    """Call a private torch probe such as ``torch.cpu._is_avx512_bf16_supported`` (False where
+    this torch build lacks it)."""
+    obj = torch
+    try:
+        for part in fn_path.split("."):
+            obj = getattr(obj, part)
+        return bool(obj())
+    except Exception:  # older or newer torch: the probe moved or does not exist
+        return False
+
+
+def _linux_cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("flags", "features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively, so bf16 autocast is the
+    fast path (about 2-4x float32) rather than an emulation (7-40x *slower* than float32).
+
+    x86: oneDNN must run its bf16 kernels here (``torch.ops.mkldnn._is_mkldnn_bf16_supported``,
+    which also honours ``ONEDNN_MAX_CPU_ISA``) *and* the CPU must have the AVX512_BF16 or AMX
+    instructions (``torch.cpu._is_avx512_bf16_supported``, ``torch.cpu._is_amx_tile_supported``).
+    Plain AVX-512 or AVX2 CPUs (most AMD Zen 2/3 and older Intel machines) answer False.
+    64-bit Arm on Linux: the ``bf16`` extension in /proc/cpuinfo and oneDNN's bf16 support.
+    Anything else (macOS, other architectures): False.
+    """
+    if not _torch_flag("ops.mkldnn._is_mkldnn_bf16_supported"):
+        return False
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i386", "i686"):
+        return _torch_flag("cpu._is_avx512_bf16_supported") or _torch_flag("cpu._is_amx_tile_supported")
+    if machine in ("aarch64", "arm64") and platform.system() == "Linux":
+        return "bf16" in _linux_cpu_flags()
+    return False
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux, else ``platform.processor()``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_summary() -> str:
+    """One line naming the CPU, the instruction set PyTorch uses and whether bf16 is native,
+    printed by every benchmark so that a figure says where it was measured."""
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # torch < 2.1
+        capability = "unknown"
+    return (f"{cpu_name()}, {os.cpu_count()} cores, PyTorch CPU capability {capability}, "
+            f"bf16 native: {'yes' if cpu_bf16_native() else 'no'}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
 
 
 # --------------------------------------------------------------------------- presets

@@ -18,13 +18,18 @@ def _fake_cuda(monkeypatch, bf16: bool):
 
 
 def test_amp_dtype_follows_cuda_bf16_support(monkeypatch):
+    monkeypatch.delenv("DALLE_PRECISION", raising=False)  # the policy itself, not an override
     _fake_cuda(monkeypatch, bf16=True)
     assert accel.amp_dtype("cuda") == torch.bfloat16
     _fake_cuda(monkeypatch, bf16=False)  # a T4 / V100: float16, which needs the scaler
     assert accel.amp_dtype("cuda") == torch.float16
     from dalle_mini_impl.precision import pick_precision
     assert pick_precision("cuda").scaler is not None
+    from dalle_mini_impl import utils
+    monkeypatch.setattr(utils, "cpu_bf16_native", lambda: True)
     assert accel.amp_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(utils, "cpu_bf16_native", lambda: False)  # an AVX2-only CPU
+    assert accel.amp_dtype("cpu") == torch.float32
     assert accel.amp_dtype("mps") == torch.float32
 
 
@@ -194,7 +199,7 @@ def test_micro_batches_accumulate_the_same_step(tmp_path):
     assert micro_batches(16, None) == [slice(0, 16)]
     assert micro_batches(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
     common = ["dalle", "--steps", "2", "--n-train", "64", "--batch-size", "16", "--d-model", "32",
-              "--n-layers", "1", "--n-heads", "2", "--no-progress", "--log-every", "1", "--no-bf16",
+              "--n-layers", "1", "--n-heads", "2", "--no-progress", "--log-every", "1", "--precision", "fp32",
               "--threads", "1"]
     logs = []
     for extra, out in (([], "whole"), (["--micro-batch", "8"], "pieces")):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from dalle_mini_impl.precision import (ActivationGradHooks, DeepResidualStack, DeepStackConfig,
                                        GradientMonitor, GradScaleConfig, PerResblockGradScaler,
                                        check_fp32_master_weights, float16_stats, fp32_logits,
-                                       pick_precision, replay_scales, teacher_task,
+                                       pick_precision, PRECISION_ENV, replay_scales, teacher_task,
                                        underflow_fraction, update_log2_scale)
 
 @pytest.fixture(autouse=True)
@@ -205,16 +205,83 @@ def test_check_fp32_master_weights_catches_half_models():
 
 
 # --------------------------------------------------------------------------- picking a precision
-def test_pick_precision_device_rules():
-    assert pick_precision("cpu").dtype == torch.bfloat16
-    assert pick_precision("cpu").scaler is None
+@pytest.fixture
+def no_env(monkeypatch):
+    """The policy as a fresh shell sees it: no $DALLE_PRECISION (the portable test mode sets it)."""
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+
+
+def test_pick_precision_device_rules(no_env):
+    assert pick_precision("cpu", bf16_supported=True).dtype == torch.bfloat16
+    assert pick_precision("cpu", bf16_supported=True).scaler is None
     p = pick_precision("cuda", bf16_supported=False)  # an older CUDA card (T4, V100)
     assert p.dtype == torch.float16 and isinstance(p.scaler, torch.amp.GradScaler)
     assert pick_precision("cuda", bf16_supported=True).dtype == torch.bfloat16
     assert pick_precision("mps", bf16_supported=False).dtype == torch.float32
     assert pick_precision("cpu", prefer="fp32").name == "fp32"
-    with pytest.raises(ValueError, match="prefer"):
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         pick_precision("cpu", prefer="fp8")
+
+
+def test_auto_on_a_cpu_without_native_bf16_is_float32(no_env, monkeypatch):
+    from dalle_mini_impl import utils
+    monkeypatch.setattr(utils, "cpu_bf16_native", lambda: False)   # an AVX2-only CPU
+    p = pick_precision("cpu")
+    assert p.name == "fp32" and "no native bf16" in p.reason
+    monkeypatch.setattr(utils, "cpu_bf16_native", lambda: True)    # AVX512_BF16 / AMX
+    assert pick_precision("cpu").name == "bf16"
+    assert pick_precision("cpu", prefer="auto").name == "bf16"
+
+
+def test_cpu_bf16_native_needs_onednn_and_the_instructions(monkeypatch):
+    from dalle_mini_impl import utils
+    flags = {"ops.mkldnn._is_mkldnn_bf16_supported": True, "cpu._is_avx512_bf16_supported": False,
+             "cpu._is_amx_tile_supported": False}
+    monkeypatch.setattr(utils, "_torch_flag", lambda name: flags[name])
+    monkeypatch.setattr(utils.platform, "machine", lambda: "x86_64")
+    for mkldnn, avx512_bf16, amx, expected in [(True, False, False, False),   # AVX-512 without bf16
+                                               (True, True, False, True), (True, False, True, True),
+                                               (False, True, True, False)]:   # ONEDNN_MAX_CPU_ISA=AVX2
+        flags.update({"ops.mkldnn._is_mkldnn_bf16_supported": mkldnn,
+                      "cpu._is_avx512_bf16_supported": avx512_bf16, "cpu._is_amx_tile_supported": amx})
+        utils.cpu_bf16_native.cache_clear()
+        assert utils.cpu_bf16_native() is expected, flags
+    monkeypatch.setattr(utils.platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(utils.platform, "system", lambda: "Darwin")
+    utils.cpu_bf16_native.cache_clear()
+    assert utils.cpu_bf16_native() is False
+    utils.cpu_bf16_native.cache_clear()
+
+
+def test_environment_variable_and_argument_override_auto(monkeypatch):
+    monkeypatch.setenv(PRECISION_ENV, "fp32")
+    assert pick_precision("cpu", bf16_supported=True).name == "fp32"
+    assert pick_precision("cpu", bf16_supported=True).reason == f"${PRECISION_ENV}"
+    assert pick_precision("cpu", prefer="bf16", bf16_supported=True).name == "bf16"  # the argument wins
+    monkeypatch.setenv(PRECISION_ENV, "BF16 ")
+    assert pick_precision("cuda", bf16_supported=True).name == "bf16"
+    monkeypatch.setenv(PRECISION_ENV, "half")
+    with pytest.raises(ValueError, match=r"\$DALLE_PRECISION"):
+        pick_precision("cpu")
+
+
+def test_forcing_bf16_on_a_cpu_without_it_warns(no_env):
+    with pytest.warns(UserWarning, match="7-40x slower"):
+        assert pick_precision("cpu", prefer="bf16", bf16_supported=False).name == "bf16"
+
+
+@pytest.mark.parametrize("prefer", ["fp32", "bf16", "fp16"])
+def test_a_nonfinite_gradient_never_changes_a_weight(prefer, no_env):
+    m = _stack(n_blocks=2)
+    x, y = teacher_task(8, m.cfg)
+    p = pick_precision("cpu", prefer=prefer, bf16_supported=True)
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with p.autocast():
+        loss = F.cross_entropy(m(x), y) * float("nan")
+    assert not p.backward_step(loss, opt)
+    assert p.n_skipped == 1
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
 @pytest.mark.parametrize("prefer", ["fp32", "bf16", "fp16"])
