@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                   help="default: $DALLE_PRECISION, else auto (bf16 where the device computes it "
+                        "natively, else float32)")
     g.add_argument("--upscale", type=int, default=4, help="pixel size of the PNG grid")
     return parser
 
@@ -51,7 +54,7 @@ def generate_command(args: argparse.Namespace) -> Path:
     model = DALLE.load(model_dir, device=get_device(args.device))
     images = model.generate(args.captions, n=args.n, temperature=args.temperature,
                             top_k=args.top_k or None, top_p=args.top_p, seed=args.seed,
-                            bf16=model.device.type != "mps")
+                            precision=args.precision)
     out = Path(args.out)
     save_image_grid(images, out, nrow=args.n, upscale=args.upscale)
     print(f"wrote {out}: {len(args.captions)} caption(s) x {args.n} images in "

@@ -24,7 +24,6 @@ with a ``loss`` field can be trained with them.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .precision import Precision, as_precision
 
 
 # --------------------------------------------------------------------------- blocks
@@ -216,27 +217,25 @@ def _as_dict(out: Any) -> dict[str, torch.Tensor]:
                     f"NamedTuple with a 'loss' field; got {type(out).__name__}")
 
 
-def _autocast(enabled: bool, device: torch.device):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def fit(model: nn.Module, images: torch.Tensor, steps: int, batch_size: int = 64, lr: float = 2e-3,
-        generator: torch.Generator | None = None, bf16: bool = False, progress: bool = False,
+        generator: torch.Generator | None = None, precision: "Precision | str | None" = "fp32",
+        progress: bool = False,
         weight_decay: float = 0.0) -> dict[str, list[float]]:
     """Train ``model`` on ``images`` (N, C, S, S) for ``steps`` Adam steps of random minibatches.
 
     Minibatches are drawn without replacement within each pass over the data, from
     ``generator`` (fixed seed => same run). The learning rate follows a cosine from ``lr`` to
     ``lr / 10``. Returns the history: {name: [value per step]} for every term ``model.loss``
-    reports (at least "loss"). ``bf16`` runs forward passes under bfloat16 autocast.
+    reports (at least "loss"). ``precision`` (a ``precision.Precision`` or "auto", "bf16", ...)
+    sets the forward's autocast; the default is float32: these small models gain nothing from
+    16 bits.
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError("images must be a tensor of shape (N, C, H, W), e.g. DigitsDataset(...).images")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got steps={steps}, batch_size={batch_size}")
     device = next(model.parameters()).device
+    prec = as_precision(precision, device)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr / 10)
@@ -255,11 +254,12 @@ def fit(model: nn.Module, images: torch.Tensor, steps: int, batch_size: int = 64
         idx = order[pos:pos + batch_size]
         pos += batch_size
         x = images[idx].to(device)  # (B, C, S, S)
-        with _autocast(bf16, device):
+        with prec.autocast():
             terms = _as_dict(model.loss(x))
         opt.zero_grad(set_to_none=True)
-        terms["loss"].float().backward()
-        opt.step()
+        prec.backward(terms["loss"].float())
+        prec.unscale(opt)
+        prec.step(opt)
         sched.step()
         for k, v in terms.items():
             history.setdefault(k, []).append(float(v.detach()))

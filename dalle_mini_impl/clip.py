@@ -59,6 +59,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .precision import Precision, as_precision
 from .utils import load_checkpoint, save_checkpoint, seed_everything
 
 
@@ -302,14 +303,18 @@ def shapes_prompts(attribute: str) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------- training
 def train_clip(steps: int = 1500, n_train: int = 30_000, batch_size: int = 256, lr: float = 1e-3,
                seed: int = 0, config: CLIPConfig = CLIPConfig(), split: str = "all",
-               n_objects: tuple[int, ...] = (1, 2), bf16: bool = True, device: str | torch.device = "cpu",
+               n_objects: tuple[int, ...] = (1, 2), precision: "Precision | str | None" = None,
+               device: str | torch.device = "cpu",
                log: Callable[[dict], None] | None = None, log_every: int = 100,
                start_model: CLIP | None = None) -> CLIP:
     """Train a CLIP on shapes pairs with AdamW and a one-cycle step size (the training
-    command's ``clip`` subcommand calls this). Deterministic for a given seed and device."""
+    command's ``clip`` subcommand calls this). Deterministic for a given seed and device.
+    ``precision``: a ``precision.Precision``, a name, or None for the package's policy (bf16
+    where the device computes it natively, else float32)."""
     from .datasets import ShapesDataset
 
     device = torch.device(device)
+    prec = as_precision(precision, device)
     g = seed_everything(seed)
     data = ShapesDataset(n_train, image_size=config.image_size, seed=seed + 2000, split=split,
                          n_objects=n_objects)
@@ -322,11 +327,12 @@ def train_clip(steps: int = 1500, n_train: int = 30_000, batch_size: int = 256, 
     model.train()
     for step in range(steps):
         idx = torch.randint(0, n_train, (batch_size,), generator=g).to(device)
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        with prec.autocast():
             loss = model.loss(images[idx], ids[idx])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        prec.backward(loss)
+        prec.unscale(opt)
+        prec.step(opt)
         sched.step()
         if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
             log({"step": step + 1, "loss": loss.item(), "temperature": float(1 / model.logit_scale.detach().exp()),

@@ -50,8 +50,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .dvae import DiscreteVAE, DVAEConfig
+from .precision import Precision, as_precision
 from .tokenizer import CaptionTokenizer
-from .transformer import Transformer, TransformerConfig
+from .transformer import (Transformer, TransformerConfig, filter_logits,  # noqa: F401 (re-exported)
+                          generate_image_tokens, sample_logits)
 
 FORMAT = "dalle_mini_impl.DALLE/1"
 TEXT_WEIGHT = 1 / 8  # section 2.2
@@ -72,39 +74,6 @@ def dalle_loss(text_logits: torch.Tensor, image_logits: torch.Tensor, text_ids: 
     text = F.cross_entropy(text_logits.float().flatten(0, 1), text_ids.flatten())     # mean over B*T
     image = F.cross_entropy(image_logits.float().flatten(0, 1), image_ids.flatten())  # mean over B*N
     return {"loss": text_weight * text + (1.0 - text_weight) * image, "text": text, "image": image}
-
-
-# --------------------------------------------------------------------------- sampling
-def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """Keep the ``top_k`` largest logits of each row and/or the smallest set whose
-    probability reaches ``top_p`` (nucleus sampling, Holtzman et al. 2019); the rest -> -inf."""
-    if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
-        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the tokens before it already hold top_p of the mass
-        drop_sorted = probs.cumsum(-1) - probs >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row of logits (B, V). ``temperature == 0`` is greedy (argmax)."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
 
 
 # --------------------------------------------------------------------------- the system
@@ -209,7 +178,7 @@ class DALLE(nn.Module):
         return self.tokenizer.encode(list(captions)).to(self.device)
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    def encode_images(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Images (B, C, S, S) in [0, 1] -> dVAE token ids (B, N), raster order."""
         return self.dvae.encode(images.to(self.device), batch_size).flatten(1)
 
@@ -233,52 +202,28 @@ class DALLE(nn.Module):
     def generate_tokens(self, text_ids: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                         top_p: float | None = None, generator: torch.Generator | None = None,
                         prime: torch.Tensor | None = None, use_cache: bool = True) -> torch.Tensor:
-        """Sample image tokens after each caption: text_ids (B, T) -> (B, N).
-
-        ``prime`` (B, k) fixes the first k image tokens (paper 3.3: the top rows of an
-        image); sampling continues from token k. With ``use_cache`` the caption and the
-        prime are read once into a KV cache and each new token costs one position; without
-        it each token re-runs the full forward pass (same tokens for the same generator)."""
-        model, T, N = self.prior, self.text_len, self.grid ** 2
-        B = text_ids.shape[0]
-        image = text_ids.new_zeros(B, N)  # (B, N)
-        k = 0
-        if prime is not None:
-            prime = prime.to(text_ids.device).long().reshape(B, -1)
-            k = prime.shape[1]
-            if not 0 <= k < N:
-                raise ValueError(f"prime must hold fewer than {N} tokens per image, got {k}")
-            image[:, :k] = prime
-        if use_cache:
-            cache = model.init_cache(B)
-            logits = model.prefill(text_ids, cache)  # (B, Vi): logits of image_0
-            if k:
-                x = model.embed(T + 1, image[:, :k], B)  # read image_0 .. image_{k-1}
-                h = model._run_cached(x, T + 1, cache)
-                logits = model._logits(h[:, -1:], T + k)[1][:, 0]  # logits of image_k
-            for j in range(k, N):
-                image[:, j] = sample_logits(logits, temperature, top_k, top_p, generator)
-                if j + 1 < N:
-                    logits = model.step(image[:, j], T + 1 + j, cache)
-        else:
-            for j in range(k, N):
-                logits = model(text_ids, image[:, :j + 1])[1][:, j]  # image[:, j] is not read
-                image[:, j] = sample_logits(logits, temperature, top_k, top_p, generator)
-        return image
+        """Sample image tokens after each caption: text_ids (B, T) -> (B, N), by the package's
+        one sampler (:func:`transformer.generate_image_tokens`; ``prime`` (B, k) fixes the first
+        k image tokens, paper 3.3)."""
+        return generate_image_tokens(self.prior, text_ids, use_cache, temperature, top_k, top_p,
+                                     generator, prime)
 
     @torch.no_grad()
     def generate(self, captions: str | Sequence[str], n: int = 1, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
                  prime_images: torch.Tensor | None = None, prime_rows: int = 0,
-                 batch_size: int = 64, use_cache: bool = True, bf16: bool | None = None,
+                 batch_size: int = 64, use_cache: bool = True,
+                 precision: "Precision | str | None" = None,
                  return_tokens: bool = False):
         """``n`` images for each caption: (len(captions) * n, C, S, S) in [0, 1], caption-major
         (the n images of caption 0 first).
 
         ``seed`` fixes the draws (None: PyTorch's global RNG); ``prime_images`` (one per
         caption, (B, C, S, S)) with ``prime_rows`` > 0 keeps the top rows of each image's
-        tokens and samples the rest (paper 3.3). ``bf16`` autocasts on CPU (default: off;
-        on for speed when asked). With ``return_tokens`` also returns the (B*n, N) ids."""
+        tokens and samples the rest (paper 3.3). ``precision``: a ``precision.Precision``, a
+        name ("fp32", "bf16", ...) or None for the package's policy (bf16 where the device
+        computes it natively, else float32; ``$DALLE_PRECISION`` overrides it). On a CPU fp16
+        samples in float32 (float16 matmuls are many times slower there). With ``return_tokens`` also returns the (B*n, N) ids."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         text = self.encode_text(captions).repeat_interleave(n, dim=0)  # (B n, T)
@@ -295,8 +240,8 @@ class DALLE(nn.Module):
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         was = self.training
         self.eval()
-        ctx = torch.autocast("cpu", torch.bfloat16) if bf16 and self.device.type == "cpu" else \
-            torch.autocast(self.device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
+        prec = as_precision(precision, self.device)
+        ctx = prec.autocast() if prec.name == "bf16" or self.device.type == "cuda" else contextlib.nullcontext()
         out = []
         with ctx:
             for s in range(0, len(text), batch_size):

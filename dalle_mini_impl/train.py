@@ -24,54 +24,12 @@ from pathlib import Path
 
 import torch
 
-from . import datasets
+from .datasets import load_images, load_pairs  # noqa: F401 (re-exported for older imports)
+from .precision import pick_precision
 from .utils import get_device, get_preset, load_checkpoint, save_checkpoint, seed_everything
 
 
 # --------------------------------------------------------------------------- shared helpers
-def load_pairs(spec: str, n: int | None, image_size: int, seed: int, objects: int | tuple = 1,
-               split: str = "train") -> tuple[torch.Tensor, list[str]]:
-    """(images (M, C, S, S) float in [0, 1], captions) of a dataset by name: ``shapes``,
-    ``digits``, ``folder:PATH`` (images with same-named .txt captions) or ``coco:JSON``.
-
-    ``shapes`` is drawn with ``n`` samples (default 20,000) of ``objects`` objects each; the
-    other datasets are read whole and ``n`` caps how many are kept. ``split``: shapes
-    "train", "holdout" or "all"; digits "train" or "test" (any other value means "test");
-    folders and COCO have no splits."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError("--dataset must be 'shapes', 'digits' or 'folder:PATH'")
-    name, _, arg = spec.partition(":")
-    name = name.strip().lower()
-    kwargs: dict = {}
-    if name == "shapes":
-        kwargs = {"n": n or 20_000, "n_objects": objects, "split": split}
-    elif name == "digits":
-        kwargs = {"channels": 3, "split": "train" if split == "train" else "test"}
-    elif name in ("folder", "coco"):
-        if not arg.strip():
-            raise ValueError(f"'{name}:' needs a path, e.g. --dataset {name}:data/sample_folder")
-        path = Path(arg).expanduser()
-        if not path.exists():
-            raise ValueError(f"--dataset {spec}: {path} does not exist; give a folder of images with "
-                             "same-named .txt captions, e.g. folder:data/sample_folder")
-    else:
-        raise ValueError(f"unknown dataset {spec!r}: use 'shapes', 'digits' or 'folder:PATH'")
-    ds = datasets.load_dataset(spec, image_size=image_size, seed=seed, **kwargs)
-    images = ds.float_images() if hasattr(ds, "float_images") else ds.images.float()
-    captions = list(ds.captions)
-    if n is not None:
-        images, captions = images[:n], captions[:n]
-    if len(images) == 0:
-        raise ValueError(f"dataset {spec!r} (split {split!r}) has no images")
-    return images, captions
-
-
-def load_images(spec: str, n: int | None, split: str, image_size: int, seed: int,
-                n_objects: tuple[int, ...] = (1, 2)) -> torch.Tensor:
-    """The images of :func:`load_pairs` alone (shapes with one or two objects by default)."""
-    return load_pairs(spec, n, image_size, seed, n_objects, split)[0]
-
-
 class RunLog:
     """Append one JSON object per line to ``path`` and echo a short line to stdout."""
 
@@ -96,14 +54,34 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                   help="bfloat16 autocast (the fast path on CPU and recent GPUs)")
+    add_precision_args(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop after this many updates in this call (save resume.pt; continue with --resume)")
+
+
+class _DeprecatedBF16(argparse.Action):
+    """``--bf16`` / ``--no-bf16``: the old switch, kept as an alias of ``--precision``."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        value = "fp32" if option_string == "--no-bf16" else "bf16"
+        print(f"warning: {option_string} is deprecated; use --precision {value} "
+              "(or --precision auto, the default)", file=sys.stderr)
+        namespace.precision = value
+
+
+def add_precision_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                   help="autocast precision (default: $DALLE_PRECISION, else auto: bf16 where the "
+                        "device computes it natively, fp16 on older GPUs, else float32)")
+    p.add_argument("--bf16", "--no-bf16", action=_DeprecatedBF16, dest="precision",
+                   help="deprecated: use --precision bf16 / fp32")
 
 
 # --------------------------------------------------------------------------- dvae
@@ -153,6 +131,8 @@ def train_dvae(args: argparse.Namespace) -> dict:
         raise ValueError(f"the dataset has {train.shape[1]}-channel images; this dVAE expects {cfg.channels}")
 
     model = DiscreteVAE(cfg).to(device)
+    prec = pick_precision(device, args.precision)
+    print(f"precision: {prec}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
     tau_s = tau_schedule(args.tau_steps or args.steps, start=args.tau_start, end=args.tau_end)
     beta_s = beta_schedule(args.beta_steps or max(1, args.steps // 5), end=args.beta)
@@ -184,13 +164,13 @@ def train_dvae(args: argparse.Namespace) -> dict:
         if step < args.steps:
             lr_now = lr_s(step)
             rec = train_step(model, opt, train_dev[idx], tau=tau_s(step), beta=beta_s(step), lr=lr_now,
-                             bf16=args.bf16, generator=g if device.type == "cpu" else None,
+                             precision=prec, generator=g if device.type == "cpu" else None,
                              usage_weight=args.usage_weight, usage_sharpness=args.usage_sharpness)
         else:  # the encoder is final: fit the decoder to its argmax tokens (dvae.decoder_step)
             if ids is None:
                 ids = model.eval().encode(train_dev)
             lr_now = dec_lr_s(step - args.steps)
-            rec = decoder_step(model, opt, ids[idx], train_dev[idx], lr=lr_now, bf16=args.bf16)
+            rec = decoder_step(model, opt, ids[idx], train_dev[idx], lr=lr_now, precision=prec)
         seen += batch
         if (step + 1) % args.log_every == 0 or step + 1 == total:
             rec.update(step=step + 1, lr=lr_now, images_per_s=seen / (time.perf_counter() - t0))
@@ -287,7 +267,7 @@ def train_clip_command(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     model = train_clip(steps=args.steps, n_train=args.n_train, batch_size=args.batch_size or 256,
                        lr=args.lr or 1e-3, seed=args.seed, config=cfg, split=args.split,
-                       bf16=args.bf16, device=device, log=log.write, log_every=args.log_every)
+                       precision=args.precision, device=device, log=log.write, log_every=args.log_every)
     train_time = time.perf_counter() - t0
     metrics = evaluate_clip(model.cpu(), n=args.n_eval)
     metrics.update(steps=args.steps, train_seconds=round(train_time, 1), device=device.type,

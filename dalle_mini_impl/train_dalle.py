@@ -35,7 +35,7 @@ Several GPUs or nodes: ``torchrun --nproc_per_node 4 -m dalle_mini_impl.train da
 Each process takes ``--batch-size / world_size`` pairs of every global batch
 (``DistributedSampler``), DistributedDataParallel averages the gradients (NCCL on CUDA, gloo on
 CPU), and rank 0 logs and saves. ``--fsdp`` shards the weights, gradients and AdamW state
-over the processes instead (FSDP2 ``fully_shard``, per resblock; bf16 only; checkpoints are
+over the processes instead (FSDP2 ``fully_shard``, per resblock; bf16 or fp32; checkpoints are
 gathered into the same single-file format). ``--preset paper`` prints the
 12-billion-parameter shape, its parameter count and memory estimate, and exits.
 """
@@ -182,15 +182,15 @@ def _dist_setup(device_arg):
 
 
 def _check_fsdp(args, world: int, prec_name: str) -> None:
-    """--fsdp runs only under torchrun, in bf16, without the options that need the whole
-    model on one process."""
+    """--fsdp runs only under torchrun, in bf16 or float32 (fp16's loss scaler is not sharded),
+    without the options that need the whole model on one process."""
     if world < 2:
         raise SystemExit("--fsdp shards the model over several processes: start it with torchrun, "
                          "e.g. `torchrun --nproc_per_node 8 -m dalle_mini_impl.train dalle --fsdp ...` "
                          "(one process has nothing to shard; drop --fsdp)")
-    if prec_name != "bf16":
-        raise SystemExit(f"--fsdp is supported in bf16 only (this device trains in {prec_name}): "
-                         "use a bf16 GPU (A100, H100, L4) or drop --fsdp")
+    if prec_name == "fp16":
+        raise SystemExit("--fsdp is not supported in fp16 (its loss scaler is not sharded): use a bf16 "
+                         "GPU (A100, H100, L4), --precision fp32, or drop --fsdp")
     if args.ema:
         raise SystemExit("--ema is not supported with --fsdp (the EMA copy would not be sharded)")
     if args.sample_every:
@@ -320,7 +320,9 @@ def train_dalle(args: argparse.Namespace) -> dict:
     if device.type != "cuda":  # CPU: the whole token table on the device, plain indexing
         text_ids, image_ids = text_ids.to(device), image_ids.to(device)
 
-    prec = pick_precision(device, prefer=None if args.bf16 else "fp32")
+    prec = pick_precision(device, args.precision)
+    if rank == 0:
+        print(f"precision: {prec}", flush=True)
     micro = args.micro_batch if args.micro_batch is not None else sizes.get("micro_batch")
     pieces = micro_batches(local_batch, micro)
     if args.fsdp:
@@ -379,7 +381,7 @@ def train_dalle(args: argparse.Namespace) -> dict:
     def write_samples(step):
         from .viz import save_image_grid
         imgs = _with_weights(model, ema, lambda: model.generate(sample_caps, 1, top_k=args.top_k, seed=0,
-                                                                bf16=args.bf16))
+                                                                precision=prec))
         save_image_grid(imgs, out / "samples" / f"step_{step:06d}.png", nrow=len(sample_caps))
 
     # SIGTERM (preemption) behaves like Ctrl-C: save, then stop
@@ -418,7 +420,7 @@ def train_dalle(args: argparse.Namespace) -> dict:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.prior.parameters(), args.clip)
             if hasattr(grad_norm, "full_tensor"):  # a DTensor under --fsdp
                 grad_norm = grad_norm.full_tensor()
-            prec.step(opt)
+            prec.step(opt, grad_norm)
             if ema is not None:
                 with torch.no_grad():
                     for k, v in model.prior.state_dict().items():
@@ -531,7 +533,7 @@ def add_dalle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer (off by default; "
                    "minutes of compiling first, then faster steps on CUDA; on CPU it needs a C++ compiler)")
     p.add_argument("--fsdp", action="store_true", help="shard weights, gradients and AdamW state over the "
-                   "torchrun processes (FSDP2 fully_shard; bf16 only) instead of replicating them (DDP)")
+                   "torchrun processes (FSDP2 fully_shard; bf16 or fp32) instead of replicating them (DDP)")
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader worker processes for the pre-tokenised data (default: 4 on CUDA, none on CPU)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")

@@ -40,8 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import (BACKENDS, MASK_KINDS, KVCache, MaskSpec, attention, layer_schedule,
-                        mask_rule)
+from .attention import (BACKENDS, MASK_KINDS, KVCache, MaskSpec, attention, attention_cached,
+                        layer_schedule, mask_rows)
 
 
 @dataclass
@@ -127,18 +127,9 @@ class SelfAttention(nn.Module):
             y = attention(q, k, v, self.spec, self.backend, self.dropout, self.training)
         else:
             k_all, v_all = cache.write(layer, start, k, v)  # (B, nh, start+n, hd)
-            mask = _mask_rows(self.spec, start, n, x.device)  # (n, start+n)
-            y = F.scaled_dot_product_attention(q, k_all.to(q.dtype), v_all.to(q.dtype),
-                                               attn_mask=mask)
+            y = attention_cached(q, k_all, v_all, mask_rows(self.spec, start, n, x.device))
         y = y.transpose(1, 2).reshape(B, n, C)  # (B, n, C)
         return self.proj(y)
-
-
-def _mask_rows(spec: MaskSpec, start: int, n: int, device) -> torch.Tensor:
-    """Rows ``start..start+n`` of the mask, keys ``0..start+n``: (n, start+n) bool."""
-    q = torch.arange(start, start + n, device=device)
-    k = torch.arange(start + n, device=device)
-    return mask_rule(spec)(q[:, None], k[None, :])
 
 
 class AttentionBranch(nn.Module):
@@ -277,11 +268,15 @@ class Transformer(nn.Module):
 
     # ----------------------------------------------------------------- decoding
     def init_cache(self, batch: int, dtype: torch.dtype | None = None) -> KVCache:
-        """An empty KV cache for ``batch`` sequences of up to ``seq_len`` positions."""
+        """An empty KV cache for ``batch`` sequences of up to ``seq_len`` positions, in the
+        dtype keys and values are computed in (16 bits under autocast: the same values in
+        half the memory that every sampling step reads)."""
         cfg = self.cfg
+        if dtype is None:
+            dev = self.start.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.start.dtype
         return KVCache.empty(cfg.n_layers, batch, cfg.n_heads, cfg.seq_len,
-                             cfg.d_model // cfg.n_heads, device=self.start.device,
-                             dtype=dtype or self.start.dtype)
+                             cfg.d_model // cfg.n_heads, device=self.start.device, dtype=dtype)
 
     def _run_cached(self, x: torch.Tensor, start: int, cache: KVCache) -> torch.Tensor:
         if start != cache.length:
@@ -305,7 +300,11 @@ class Transformer(nn.Module):
             if token is None:
                 raise ValueError(f"position {position} reads a token; got None")
             token = token.reshape(B, 1)
-        x = self.embed(position, None if position == 0 else token, B)  # (B, 1, C)
+        if position > self.cfg.text_len:  # an image token: its embedding, row and column (fig. 10)
+            j, G = position - self.cfg.text_len - 1, self.cfg.image_grid
+            x = self.drop(self.image_emb(token) + self.row_emb.weight[j // G] + self.col_emb.weight[j % G])
+        else:
+            x = self.embed(position, None if position == 0 else token, B)  # (B, 1, C)
         h = self._run_cached(x, position, cache)
         text_logits, image_logits = self._logits(h, position)
         return (text_logits if position < self.cfg.text_len else image_logits)[:, 0]
@@ -331,40 +330,78 @@ def _check_ids(ids: torch.Tensor, vocab: int, what: str) -> None:
                          f"[{int(ids.min())}, {int(ids.max())}]")
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw one token per row from logits (B, V) with temperature and optional top-k."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
+# --------------------------------------------------------------------------- sampling
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Keep the ``top_k`` largest logits of each row and/or the smallest set whose
+    probability reaches ``top_p`` (nucleus sampling, Holtzman et al. 2019); the rest -> -inf."""
     if top_k is not None:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens before it already hold top_p of the mass
+        drop_sorted = probs.cumsum(-1) - probs >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of logits (B, V) (paper 2.6: temperature, top-k, top-p).
+    ``temperature == 0`` is greedy (argmax). The draw runs on the CPU, so a CPU generator
+    fixes it on any device."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
     probs = logits.softmax(-1)
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
 
 
 @torch.no_grad()
 def generate_image_tokens(model: Transformer, text_ids: torch.Tensor, use_cache: bool = True,
-                          temperature: float = 1.0, top_k: int | None = None,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample the N image tokens after each caption, one at a time: (B, T) -> (B, N).
+                          temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                          generator: torch.Generator | None = None,
+                          prime: torch.Tensor | None = None) -> torch.Tensor:
+    """Sample the N image tokens after each caption, one at a time: (B, T) -> (B, N). The
+    package's one sampler (``DALLE.generate`` calls it).
 
-    With ``use_cache`` the caption is read once (:meth:`Transformer.prefill`) and each image
-    token costs one position (:meth:`Transformer.step`); without it every token re-runs
-    the forward pass over the whole prefix. Same generator, same tokens either way.
+    ``prime`` (B, k) fixes the first k image tokens (paper 3.3: the top rows of an image);
+    sampling continues from token k. With ``use_cache`` the caption (and the prime) is read
+    once (:meth:`Transformer.prefill`) and each image token costs one position
+    (:meth:`Transformer.step`); without it every token re-runs the forward pass over the whole
+    prefix. Same generator, same tokens either way.
     """
-    B, N = text_ids.shape[0], model.cfg.image_len
-    image = text_ids.new_zeros(B, N)
+    T, N = model.cfg.text_len, model.cfg.image_len
+    B = text_ids.shape[0]
+    image = text_ids.new_zeros(B, N)  # (B, N)
+    k = 0
+    if prime is not None:
+        prime = prime.to(text_ids.device).long().reshape(B, -1)
+        k = prime.shape[1]
+        if not 0 <= k < N:
+            raise ValueError(f"prime must hold fewer than {N} tokens per image, got {k}")
+        image[:, :k] = prime
     if use_cache:
         cache = model.init_cache(B)
-        logits = model.prefill(text_ids, cache)
-        for j in range(N):
-            image[:, j] = sample_next(logits, temperature, top_k, generator)
+        logits = model.prefill(text_ids, cache)  # (B, Vi): logits of image_0
+        if k:
+            x = model.embed(T + 1, image[:, :k], B)  # read image_0 .. image_{k-1}
+            h = model._run_cached(x, T + 1, cache)
+            logits = model._logits(h[:, -1:], T + k)[1][:, 0]  # logits of image_k
+        for j in range(k, N):
+            image[:, j] = sample_logits(logits, temperature, top_k, top_p, generator)
             if j + 1 < N:
-                logits = model.step(image[:, j], model.cfg.text_len + 1 + j, cache)
+                logits = model.step(image[:, j], T + 1 + j, cache)
     else:
-        for j in range(N):
+        for j in range(k, N):
             logits = model(text_ids, image[:, :j + 1])[1][:, j]  # image[:, j] is not read
-            image[:, j] = sample_next(logits, temperature, top_k, generator)
+            image[:, j] = sample_logits(logits, temperature, top_k, top_p, generator)
     return image

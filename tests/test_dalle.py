@@ -169,7 +169,7 @@ def _train_args(tmp_path, dvae_path, out, *extra):
     return ["dalle", "--dvae", str(dvae_path), "--dataset", "shapes", "--n-train", "64",
             "--batch-size", "8", "--d-model", "32", "--n-layers", "2", "--n-heads", "2",
             "--text-len", "12", "--steps", "6", "--log-every", "1", "--ckpt-every", "2",
-            "--threads", "1", "--no-progress", "--no-bf16", "--out", str(out), *extra]
+            "--threads", "1", "--no-progress", "--precision", "fp32", "--out", str(out), *extra]
 
 
 @pytest.fixture(scope="module")

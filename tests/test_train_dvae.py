@@ -10,7 +10,7 @@ from dalle_mini_impl import train
 from dalle_mini_impl.dvae import DiscreteVAE
 
 TINY = ["--n-hid", "8", "--codebook-dim", "8", "--n-codes", "16", "--batch-size", "4",
-        "--n-train", "32", "--n-eval", "8", "--log-every", "1", "--ckpt-every", "2", "--no-bf16",
+        "--n-train", "32", "--n-eval", "8", "--log-every", "1", "--ckpt-every", "2", "--precision", "fp32",
         "--device", "cpu", "--preset", "cpu"]
 
 
@@ -88,3 +88,16 @@ def test_folder_dataset_keeps_its_last_images_for_evaluation(tmp_path):
         (small / f).write_bytes((Path("data/sample_folder") / f).read_bytes())
     with pytest.raises(ValueError, match="too few to keep any aside"):
         train.main(["dvae", "--dataset", f"folder:{small}", "--steps", "1", "--out", str(tmp_path / "s"), *TINY])
+
+
+def test_precision_flag_and_the_deprecated_bf16_alias(capsys):
+    parser = train.build_parser()
+    args = parser.parse_args(["dvae", "--steps", "1", "--out", "x"])
+    assert args.precision is None                       # None: $DALLE_PRECISION, else auto
+    assert parser.parse_args(["dvae", "--steps", "1", "--out", "x", "--precision", "bf16"]).precision == "bf16"
+    assert parser.parse_args(["dvae", "--steps", "1", "--out", "x", "--no-bf16"]).precision == "fp32"
+    assert "--no-bf16 is deprecated; use --precision fp32" in capsys.readouterr().err
+    assert parser.parse_args(["dvae", "--steps", "1", "--out", "x", "--bf16"]).precision == "bf16"
+    assert "--bf16 is deprecated" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["dvae", "--steps", "1", "--out", "x", "--precision", "fp8"])

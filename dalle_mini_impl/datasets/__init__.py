@@ -9,6 +9,8 @@ Every item is ``(image, caption, attributes)``; ``collate`` batches them for a D
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from .digits import DigitsDataset, digit_caption
@@ -17,6 +19,7 @@ from .shapes import (COLOUR_NAMES, COLOURS, DEFAULT_HOLDOUT, POSITIONS, RELATION
                      ShapesDataset, canonical, caption_from_attributes, parse_caption)
 
 __all__ = ["ShapesDataset", "DigitsDataset", "FolderDataset", "CocoCaptionsDataset", "load_dataset",
+           "load_pairs", "load_images",
            "collate", "caption_from_attributes", "parse_caption", "canonical", "digit_caption",
            "SHAPES", "COLOURS", "COLOUR_NAMES", "SIZES", "POSITIONS", "RELATIONS", "DEFAULT_HOLDOUT"]
 
@@ -45,3 +48,46 @@ def load_dataset(spec: str, image_size: int = 32, split: str = "train", seed: in
         return cls(arg, image_size=image_size, **kwargs)
     raise ValueError(f"unknown dataset {spec!r}: use 'shapes', 'digits', 'folder:PATH' or "
                      "'coco:CAPTIONS.json'")
+
+
+def load_pairs(spec: str, n: int | None, image_size: int, seed: int, objects: int | tuple = 1,
+               split: str = "train") -> tuple[torch.Tensor, list[str]]:
+    """(images (M, C, S, S) float in [0, 1], captions) of a dataset by name: ``shapes``,
+    ``digits``, ``folder:PATH`` (images with same-named .txt captions) or ``coco:JSON``.
+
+    ``shapes`` is drawn with ``n`` samples (default 20,000) of ``objects`` objects each; the
+    other datasets are read whole and ``n`` caps how many are kept. ``split``: shapes
+    "train", "holdout" or "all"; digits "train" or "test" (any other value means "test");
+    folders and COCO have no splits."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("--dataset must be 'shapes', 'digits' or 'folder:PATH'")
+    name, _, arg = spec.partition(":")
+    name = name.strip().lower()
+    kwargs: dict = {}
+    if name == "shapes":
+        kwargs = {"n": n or 20_000, "n_objects": objects, "split": split}
+    elif name == "digits":
+        kwargs = {"channels": 3, "split": "train" if split == "train" else "test"}
+    elif name in ("folder", "coco"):
+        if not arg.strip():
+            raise ValueError(f"'{name}:' needs a path, e.g. --dataset {name}:data/sample_folder")
+        path = Path(arg).expanduser()
+        if not path.exists():
+            raise ValueError(f"--dataset {spec}: {path} does not exist; give a folder of images with "
+                             "same-named .txt captions, e.g. folder:data/sample_folder")
+    else:
+        raise ValueError(f"unknown dataset {spec!r}: use 'shapes', 'digits' or 'folder:PATH'")
+    ds = load_dataset(spec, image_size=image_size, seed=seed, **kwargs)
+    images = ds.float_images() if hasattr(ds, "float_images") else ds.images.float()
+    captions = list(ds.captions)
+    if n is not None:
+        images, captions = images[:n], captions[:n]
+    if len(images) == 0:
+        raise ValueError(f"dataset {spec!r} (split {split!r}) has no images")
+    return images, captions
+
+
+def load_images(spec: str, n: int | None, split: str, image_size: int, seed: int,
+                n_objects: tuple[int, ...] = (1, 2)) -> torch.Tensor:
+    """The images of :func:`load_pairs` alone (shapes with one or two objects by default)."""
+    return load_pairs(spec, n, image_size, seed, n_objects, split)[0]
