@@ -226,3 +226,19 @@ def perplexity(counts: torch.Tensor) -> float:
 def dead_codes(counts: torch.Tensor) -> int:
     """How many codes were never chosen."""
     return int((counts == 0).sum())
+
+
+@torch.no_grad()
+def codebook_report(logits: torch.Tensor) -> dict[str, float]:
+    """Codebook health and the two halves of the KL, from encoder logits (N, K, g, g) of
+    held-out images (lesson 04): token perplexity and dead codes of the argmax tokens;
+    ``kl`` = E_x KL(q || U) per cell (nats), split into ``info`` = I(x; z) and ``agg`` =
+    KL(q_bar || U) (soft q); ``hist_kl`` = KL(token histogram || U) = ln K - ln perplexity."""
+    logits = logits.float()
+    K = logits.shape[1]
+    counts = codebook_usage(logits.argmax(1), K)
+    kl = kl_to_uniform(logits).mean().item()
+    agg = usage_kl(logits, sharpness=1.0).item()
+    ppl = perplexity(counts)
+    return {"perplexity": ppl, "dead": dead_codes(counts), "kl": kl, "info": kl - agg, "agg": agg,
+            "hist_kl": math.log(K) - math.log(ppl)}
