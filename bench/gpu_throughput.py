@@ -124,8 +124,8 @@ def dvae_flops_per_image(cfg) -> float:
 
 
 def bench_dvae(preset, batch: int, steps: int, device) -> dict:
-    from dalle_mini_impl.accel import amp_dtype
     from dalle_mini_impl.dvae import DiscreteVAE, train_step
+    from dalle_mini_impl.precision import pick_precision
     from dalle_mini_impl.sizing import dvae_config_for_preset
     from dalle_mini_impl.train_dalle import make_optimizer
 
@@ -134,11 +134,11 @@ def bench_dvae(preset, batch: int, steps: int, device) -> dict:
     model = DiscreteVAE(cfg).to(device)
     opt = make_optimizer(model, 1e-4, 0.0, device)
     images = torch.rand(batch, cfg.channels, cfg.image_size, cfg.image_size, device=device)
-    bf16 = amp_dtype(device) == torch.bfloat16  # dvae.train_step knows bf16 or float32 only
-    seconds = _timed(lambda: train_step(model, opt, images, tau=1.0, beta=1.0, bf16=bf16), steps, device)
+    prec = pick_precision(device)
+    seconds = _timed(lambda: train_step(model, opt, images, tau=1.0, beta=1.0, precision=prec), steps, device)
     n_images = steps * batch
     return {"model": "dvae", "params": sum(p.numel() for p in model.parameters()), "batch": batch,
-            "precision": "bf16" if bf16 else "fp32", "tokens_per_s": n_images * cfg.grid ** 2 / seconds,
+            "precision": prec.name, "tokens_per_s": n_images * cfg.grid ** 2 / seconds,
             "flops_per_s": n_images * dvae_flops_per_image(cfg) / seconds}
 
 
@@ -186,7 +186,7 @@ def main(argv=None) -> list[dict]:
     if args.steps < 1:
         raise SystemExit("--steps must be >= 1")
     from dalle_mini_impl.train_dalle import DALLE_PRESETS
-    from dalle_mini_impl.utils import PRESETS, get_device
+    from dalle_mini_impl.utils import PRESETS, cpu_summary, get_device
 
     device = get_device(args.device)
     names = args.presets.split(",") if args.presets else \
@@ -195,8 +195,9 @@ def main(argv=None) -> list[dict]:
         if n not in PRESETS:
             raise SystemExit(f"unknown preset {n!r}; choose from {sorted(PRESETS)}")
     peak = peak_tflops(device, args.peak_tflops)
-    label = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
-    print(f"torch {torch.__version__}, {label}, load average {os.getloadavg()[0]:.1f}; "
+    torch.set_num_threads(args.threads)
+    label = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_summary()
+    print(f"{label}, load average {os.getloadavg()[0]:.1f}; "
           f"peak {'%.0f TFLOP/s' % peak if peak else 'unknown (MFU n/a; give --peak-tflops)'}; "
           f"{args.steps} timed steps per row", flush=True)
     ctx = mp.get_context("spawn")
