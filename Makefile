@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export DALLE_HEADLESS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test unit course demo lab bench clean
+.PHONY: setup test test-portable unit course course-portable demo lab bench clean
 
 setup: $(STAMP)
 
@@ -27,12 +27,28 @@ $(STAMP): requirements.txt pyproject.toml
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope -q
 
+# The same tests as a CPU without bf16 instructions sees them (most AMD Zen 2/3 and older Intel
+# machines): float32 forced, and the math libraries held to AVX2. On the 2-core AMD EPYC (AVX-512
+# with bf16) this was written on, PyTorch honours ATEN_CPU_CAPABILITY (get_cpu_capability() says
+# AVX2) and oneDNN honours ONEDNN_MAX_CPU_ISA (its verbose log says "isa:Intel AVX2", its bf16
+# probe turns false and a bf16 matmul slows from about 190 to 2 GFLOP/s, as on a real AVX2 CPU).
+# MKL_ENABLE_INSTRUCTIONS is set too, but MKL's own log names no instruction set on this CPU,
+# so whether it is honoured here cannot be checked.
+PORTABLE_ENV := DALLE_PRECISION=fp32 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+
+test-portable: $(STAMP)
+	$(PORTABLE_ENV) OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope -q
+
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -q
 
 # execute every notebook in order, in place, headless; print where the results are
 course: $(STAMP)
 	$(BIN)/python -m dalle_mini_impl.course
+
+# the course as a CPU without bf16 instructions runs it (see test-portable)
+course-portable: $(STAMP)
+	$(PORTABLE_ENV) $(BIN)/python -m dalle_mini_impl.course
 
 # text-to-image from the tiny system shipped in data/dalle_shapes_toy
 demo: $(STAMP)

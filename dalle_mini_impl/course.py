@@ -1,24 +1,41 @@
-"""Run the course: execute every lesson notebook in order, headless, in place.
+"""Run the course: execute every lesson notebook in order, headless.
 
-    python -m dalle_mini_impl.course                 # every notebook in notebooks/
-    python -m dalle_mini_impl.course notebooks/03_dvae_codebook.ipynb   # just some
+    python -m dalle_mini_impl.course                  # every notebook in notebooks/
+    python -m dalle_mini_impl.course 03 08            # some lessons, by number or path
+    python -m dalle_mini_impl.course --in-place       # write the outputs back into notebooks/
 
-Each notebook runs with notebooks/ as its working directory and is written back with its
-outputs and execution counts (the form nbval checks). Timings per notebook are printed,
-then where the executed notebooks and the sample images (outputs/*.png) are.
+Each notebook runs with notebooks/ as its working directory, in the precision the package's
+policy picks for this machine (``precision.pick_precision``: bf16 where the CPU or GPU computes
+it natively, else float32; ``DALLE_PRECISION`` overrides it). The executed copies go to
+``outputs/notebooks/`` (``--in-place``: back into ``notebooks/``, with their outputs and
+execution counts -- the form nbval checks and the repository keeps). One line per lesson gives
+its wall time; a table at the end repeats them with the precision and the torch threads used.
 """
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 
-from .utils import repo_root
+from .utils import cpu_summary, repo_root
 
 
-def run_notebook(path: Path, timeout: int = 900) -> float:
-    """Execute one notebook in place; return its wall time in seconds."""
+class _QuietKernelWarnings(logging.Filter):
+    """jupyter_client warns on every kernel start that it talks to the kernel over TCP on
+    localhost without encryption; that is how every local Jupyter works, and not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without encryption" not in record.getMessage()
+
+
+def run_notebook(path: Path, out: Path, timeout: int = 900) -> float:
+    """Execute the notebook ``path`` (working directory: its folder) and write the executed
+    notebook to ``out``; return the wall time in seconds."""
+    import warnings
+
     import nbformat
     from nbclient import NotebookClient
 
@@ -26,42 +43,91 @@ def run_notebook(path: Path, timeout: int = 900) -> float:
     start = time.perf_counter()
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
-    client.execute()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*without encryption.*")
+        client.execute()
     elapsed = time.perf_counter() - start
     nb.metadata.pop("widgets", None)  # no widget state is saved: widgets are skipped headless
-    nbformat.write(nb, path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out)
     return elapsed
 
 
+def find_notebooks(names: list[str], root: Path) -> list[Path]:
+    """Lessons by path or by number ("03", "3", "03_dvae_codebook"); all of them when empty."""
+    book = root / "notebooks"
+    every = sorted(book.glob("[0-9][0-9]_*.ipynb"))
+    if not names:
+        return every
+    paths = []
+    for name in names:
+        p = Path(name)
+        if p.is_file():
+            paths.append(p.resolve())
+            continue
+        for base in (Path.cwd(), root, book):  # a path given from the repository or notebooks/
+            if (base / p).is_file():
+                paths.append((base / p).resolve())
+                break
+        else:
+            stem = p.stem if p.suffix == ".ipynb" else p.name
+            hits = [nb for nb in every if nb.stem == stem or nb.stem.split("_")[0] == stem.zfill(2)]
+            if not hits:
+                raise FileNotFoundError(f"no such notebook: {name!r} (give a lesson number such as 03, "
+                                        f"or a path; the lessons are {', '.join(nb.stem for nb in every)})")
+            paths.extend(hits)
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dalle_mini_impl.course",
+                                description="Run the lesson notebooks headless, in order, and time them.")
+    p.add_argument("lessons", nargs="*", help="lesson numbers (03) or notebook paths (default: every lesson)")
+    p.add_argument("--in-place", action="store_true",
+                   help="write the executed notebooks back into notebooks/ (how the committed outputs "
+                        "are made) instead of outputs/notebooks/")
+    p.add_argument("--timeout", type=int, default=900, help="seconds a single cell may run")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
     os.environ.setdefault("DALLE_HEADLESS", "1")
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    logging.getLogger().addFilter(_QuietKernelWarnings())
+    for name in ("traitlets", "jupyter_client", "NotebookClient"):
+        logging.getLogger(name).addFilter(_QuietKernelWarnings())
     root = repo_root()
-    paths = [Path(a).resolve() for a in argv] or sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    if not paths:
-        print("no notebooks found", file=sys.stderr)
-        return 1
-    total = 0.0
+    try:
+        paths = find_notebooks(args.lessons, root)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import torch
+
+    from .precision import pick_precision
+
+    prec = pick_precision("cuda" if torch.cuda.is_available() else "cpu")
+    threads = os.environ.get("OMP_NUM_THREADS") or str(torch.get_num_threads())
+    print(f"machine: {cpu_summary()}")
+    print(f"precision: {prec}; torch threads per lesson: {threads}", flush=True)
+    times: list[tuple[str, float]] = []
     for p in paths:
-        if not p.is_file():
-            print(f"no such notebook: {p}", file=sys.stderr)
-            return 1
-        print(f"running {p.relative_to(root)} ...", flush=True)
+        out = p if args.in_place else root / "outputs" / "notebooks" / p.name
+        print(f"running {p.name} ...", flush=True)
         try:
-            t = run_notebook(p)
+            t = run_notebook(p, out, timeout=args.timeout)
         except Exception as exc:  # show which cell failed, then stop
             print(f"FAILED {p.name}: {exc}", file=sys.stderr)
             return 1
-        total += t
+        times.append((p.stem, t))
         print(f"  done in {t:.1f} s", flush=True)
-    print(f"\nexecuted {len(paths)} notebook(s) in {total:.1f} s; they are in {root / 'notebooks'} "
-          "(outputs saved in place)")
-    images = sorted((root / "outputs").glob("*.png"))
-    if images:
-        print("sample images:")
-        for im in images:
-            print(f"  {im.relative_to(root)}")
+    where = "notebooks/ (in place)" if args.in_place else "outputs/notebooks/"
+    print(f"\n{'lesson':34s} {'seconds':>8s}  precision  threads")
+    for stem, t in times:
+        print(f"{stem:34s} {t:8.1f}  {prec.name:9s}  {threads}")
+    print(f"{'total':34s} {sum(t for _, t in times):8.1f}")
+    print(f"executed notebooks: {where}")
     return 0
 
 
