@@ -13,16 +13,19 @@ module                      lesson
 ``bpe``, ``tokenizer``      05 byte-pair encoding (2.2)
 ``attention``, ``transformer``  06 sparse transformer (2.2, B.1)
 ``precision``               07 mixed precision (2.4, D)
-``dalle``, ``train``        08 DALL-E (2.2, 2.6)
+``dalle``                   08 DALL-E (2.2, 2.6)
 ``clip``                    09 CLIP reranking (2.6)
-``metrics``                 10 evaluation and scale
+``metrics``, ``powersgd``   10 evaluation and scale (2.5, E)
 ==========================  ===========================================
 
-``utils`` holds seeding, devices, presets and checkpoints; ``viz`` the notebook figures.
+Layers, each importing only from those above it: ``utils``; ``presets``, ``datasets``,
+``viz``; the lesson modules (each imports only earlier lessons); ``training/`` (everything
+that trains, with its one command line: ``python -m dalle_mini_impl.training``); the
+command-line front ends (``__main__``, ``course``). ``tests/test_imports.py`` keeps it so.
 """
-from .utils import (Preset, count_parameters, get_device, get_preset, load_checkpoint,
-                    save_checkpoint, seed_everything)
+from .presets import PAPER, PRESETS, Preset, get_preset
+from .utils import count_parameters, get_device, load_checkpoint, save_checkpoint, seed_everything
 
 __version__ = "0.1.0"
-__all__ = ["seed_everything", "get_device", "get_preset", "Preset", "save_checkpoint",
+__all__ = ["seed_everything", "get_device", "get_preset", "Preset", "PRESETS", "PAPER", "save_checkpoint",
            "load_checkpoint", "count_parameters", "__version__"]

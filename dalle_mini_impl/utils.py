@@ -1,20 +1,9 @@
-"""Small shared utilities: seeding, device choice, the CPU's capabilities, presets and atomic
-checkpoints.
+"""Small shared utilities: seeding, device choice, the CPU's capabilities, atomic checkpoints,
+parameter counts and the repository's paths.
 
-Nothing here is specific to a lesson. Every lesson's setup cell calls
-``seed_everything``, ``get_device`` and ``get_preset``; training code calls
-``save_checkpoint`` / ``load_checkpoint``.
-
-Presets
--------
-A preset fixes the sizes a lesson uses so that the same notebook runs as a toy on a
-laptop CPU and at a useful size on a GPU:
-
-* ``cpu``   -- the default without CUDA: 32x32 images, tiny models, minutes on 2 cores.
-* ``gpu16`` -- chosen automatically on a CUDA card with less than 40 GB (a Colab T4/L4).
-* ``gpu80`` -- chosen automatically on a CUDA card with 40 GB or more (A100/H100).
-
-Set the environment variable ``DALLE_PRESET`` (``cpu``, ``gpu16`` or ``gpu80``) to force one.
+Nothing here is specific to a lesson, and nothing here imports another module of the package.
+Every lesson's setup cell calls ``seed_everything`` and ``get_device`` (and
+``presets.get_preset``); training code calls ``save_checkpoint`` / ``load_checkpoint``.
 """
 from __future__ import annotations
 
@@ -25,15 +14,11 @@ import os
 import platform
 import random
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-PRESET_ENV = "DALLE_PRESET"
-
 
 # --------------------------------------------------------------------------- seeding
 def seed_everything(seed: int = 0, deterministic: bool = True) -> torch.Generator:
@@ -166,63 +151,6 @@ def cpu_summary() -> str:
             f"{torch.get_num_threads()} threads")
 
 
-# --------------------------------------------------------------------------- presets
-@dataclass(frozen=True)
-class Preset:
-    """Sizes a lesson uses. Lessons read the fields they need and ignore the rest."""
-
-    name: str
-    image_size: int  # pixels per side of training images
-    batch_size: int
-    # dVAE (lessons 03-04): image_size -> grid x grid tokens from a codebook of n_codes
-    dvae_grid: int
-    dvae_codes: int
-    dvae_hidden: int
-    # transformer prior (lessons 06-08)
-    text_len: int
-    d_model: int
-    n_layers: int
-    n_heads: int
-    # how much longer than the CPU toy a training loop may run
-    steps_scale: float = 1.0
-    extra: dict = field(default_factory=dict)
-
-    def replace(self, **changes) -> "Preset":
-        return dataclasses.replace(self, **changes)
-
-
-PRESETS: dict[str, Preset] = {
-    "cpu": Preset("cpu", image_size=32, batch_size=32, dvae_grid=8, dvae_codes=512,
-                  dvae_hidden=32, text_len=32, d_model=256, n_layers=4, n_heads=4,
-                  steps_scale=1.0),
-    "gpu16": Preset("gpu16", image_size=64, batch_size=128, dvae_grid=16, dvae_codes=1024,
-                    dvae_hidden=128, text_len=64, d_model=512, n_layers=12, n_heads=8,
-                    steps_scale=4.0),
-    "gpu80": Preset("gpu80", image_size=128, batch_size=256, dvae_grid=16, dvae_codes=8192,
-                    dvae_hidden=256, text_len=128, d_model=1024, n_layers=24, n_heads=16,
-                    steps_scale=8.0),
-}
-
-
-def get_preset(name: str | None = None, device: torch.device | str | None = None) -> Preset:
-    """Pick a preset: ``name``, else ``$DALLE_PRESET``, else by device (CPU -> ``cpu``;
-    CUDA under 40 GB -> ``gpu16``; CUDA with 40 GB or more -> ``gpu80``)."""
-    name = name or os.environ.get(PRESET_ENV) or None
-    if name is None:
-        device = torch.device(device) if device is not None else get_device()
-        if device.type == "cuda":
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            total = torch.cuda.get_device_properties(index).total_memory
-            name = "gpu80" if total >= 40 * 2**30 else "gpu16"
-        else:
-            name = "cpu"
-    key = name.strip().lower()
-    if key not in PRESETS:
-        raise ValueError(f"unknown preset {name!r} (from the argument or ${PRESET_ENV}); "
-                         f"choose one of {sorted(PRESETS)}")
-    return PRESETS[key]
-
-
 # --------------------------------------------------------------------------- checkpoints
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash at any moment leaves either the old file
@@ -313,6 +241,14 @@ def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module | None = 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (optionally only those with requires_grad)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_parameters_meta(build) -> int:
+    """Parameters of ``build()``, a module constructed on the meta device (no memory): how the
+    12-billion-parameter prior is counted on a laptop."""
+    with torch.device("meta"):
+        model = build()
+    return sum(p.numel() for p in model.parameters())
 
 
 def repo_root() -> Path:

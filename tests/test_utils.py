@@ -1,4 +1,4 @@
-"""Seeding, device and preset choice, atomic checkpoints."""
+"""Seeding, device choice, atomic checkpoints."""
 import os
 import subprocess
 import sys
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dalle_mini_impl import utils
-from dalle_mini_impl.utils import (get_device, get_preset, load_checkpoint, save_checkpoint,
-                                   seed_everything)
+from dalle_mini_impl.utils import (count_parameters, count_parameters_meta, get_device, load_checkpoint,
+                                   save_checkpoint, seed_everything)
 
 
 def test_seed_gives_same_numbers():
@@ -21,20 +21,18 @@ def test_seed_gives_same_numbers():
         seed_everything("3")
 
 
-def test_device_and_presets(monkeypatch):
+def test_device_choice():
     assert get_device().type in ("cpu", "cuda", "mps")
     assert get_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="not available"):
             get_device("cuda")
-    monkeypatch.delenv(utils.PRESET_ENV, raising=False)
-    assert get_preset(device="cpu").name == "cpu"
-    monkeypatch.setenv(utils.PRESET_ENV, "gpu16")
-    assert get_preset().name == "gpu16"
-    monkeypatch.setenv(utils.PRESET_ENV, "huge")
-    with pytest.raises(ValueError, match="unknown preset"):
-        get_preset()
-    assert get_preset("gpu80").image_size >= 64
+
+
+def test_meta_device_count_equals_the_real_count():
+    def build():
+        return torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.LayerNorm(5))
+    assert count_parameters_meta(build) == count_parameters(build()) == 7 * 5 + 5 + 2 * 5
 
 
 def _tiny():
