@@ -39,8 +39,8 @@ A ``DALLE`` is saved as one directory (:meth:`DALLE.save` / :meth:`DALLE.load`):
 from __future__ import annotations
 
 import contextlib
+import io
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -49,11 +49,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .dvae import DiscreteVAE, DVAEConfig
+from .dvae import DiscreteVAE
 from .precision import Precision, as_precision
 from .tokenizer import CaptionTokenizer
-from .transformer import (Transformer, TransformerConfig, filter_logits,  # noqa: F401 (re-exported)
-                          generate_image_tokens, sample_logits)
+from .transformer import Transformer, TransformerConfig, generate_image_tokens
+from .utils import atomic_write_bytes
 
 FORMAT = "dalle_mini_impl.DALLE/1"
 TEXT_WEIGHT = 1 / 8  # section 2.2
@@ -102,7 +102,7 @@ class DALLEConfig:
 def prior_config_for(tokenizer: CaptionTokenizer, dvae: DiscreteVAE, **sizes) -> TransformerConfig:
     """A TransformerConfig whose vocabularies and lengths fit this tokenizer and dVAE;
     ``sizes`` sets the rest (d_model, n_layers, n_heads, attention, ...)."""
-    return TransformerConfig(text_vocab=tokenizer.vocab_size, image_vocab=dvae.config.n_codes,
+    return TransformerConfig(text_vocab=tokenizer.n_text_tokens, image_vocab=dvae.config.n_codes,
                              text_len=tokenizer.text_len, image_grid=dvae.config.grid, **sizes)
 
 
@@ -120,9 +120,9 @@ class DALLE(nn.Module):
         super().__init__()
         config = config or DALLEConfig(prior=prior_config_for(tokenizer, dvae))
         p = config.prior
-        if p.text_vocab != tokenizer.vocab_size or p.text_len != tokenizer.text_len:
+        if p.text_vocab != tokenizer.n_text_tokens or p.text_len != tokenizer.text_len:
             raise ValueError(f"the prior expects text_vocab={p.text_vocab}, text_len={p.text_len}; the "
-                             f"tokenizer has vocab_size={tokenizer.vocab_size}, text_len={tokenizer.text_len}: "
+                             f"tokenizer has n_text_tokens={tokenizer.n_text_tokens}, text_len={tokenizer.text_len}: "
                              "build the config with prior_config_for(tokenizer, dvae, ...)")
         if p.image_vocab != dvae.config.n_codes or p.image_grid != dvae.config.grid:
             raise ValueError(f"the prior expects image_vocab={p.image_vocab}, image_grid={p.image_grid}; the "
@@ -158,24 +158,9 @@ class DALLE(nn.Module):
     # ------------------------------------------------------------------ inputs
     def encode_text(self, captions: str | Sequence[str]) -> torch.Tensor:
         """Captions -> (B, T) ids with per-position padding. Empty captions, too-long captions
-        and non-strings raise a ValueError / TypeError that says what to do."""
-        if isinstance(captions, str):
-            captions = [captions]
-        if not isinstance(captions, (list, tuple)):
-            raise TypeError(f"captions must be a str or a list of str, got {type(captions).__name__}")
-        if len(captions) == 0:
-            raise ValueError("no captions given: pass at least one caption")
-        for i, c in enumerate(captions):
-            if not isinstance(c, str):
-                raise TypeError(f"caption {i} is a {type(c).__name__} ({c!r:.40}), not a str")
-            if not c.strip():
-                raise ValueError(f"caption {i} is empty: describe the image, e.g. 'a small red circle on the left'")
-        lengths = [len(ids) for ids in self.tokenizer._bpe_ids(list(captions))]
-        for i, n in enumerate(lengths):
-            if n > self.text_len:
-                raise ValueError(f"caption {i} is {n} tokens long; this model reads at most {self.text_len}. "
-                                 f"Shorten it: {captions[i]!r:.80}")
-        return self.tokenizer.encode(list(captions)).to(self.device)
+        and non-strings raise a ValueError / TypeError that says what to do
+        (``CaptionTokenizer.encode(..., strict=True)``)."""
+        return self.tokenizer.encode(captions, strict=True).to(self.device)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -261,11 +246,8 @@ class DALLE(nn.Module):
         cast back to float32 on load."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        from .utils import atomic_write_bytes, save_checkpoint
-
         state = {k: (v.to(weights_dtype) if weights_dtype is not None and v.is_floating_point() else v)
                  for k, v in self.prior.state_dict().items()}
-        import io
         buf = io.BytesIO()
         torch.save({"format": FORMAT, "prior": state}, buf)
         atomic_write_bytes(path / "prior.pt", buf.getvalue())
@@ -278,7 +260,7 @@ class DALLE(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu",
              dvae: "str | Path | DiscreteVAE | None" = None) -> "DALLE":
-        """A system saved by :meth:`save` (or by ``python -m dalle_mini_impl.train dalle``),
+        """A system saved by :meth:`save` (or by ``python -m dalle_mini_impl.training dalle``),
         on ``device`` ("cpu", "cuda", ...), in eval mode.
 
         ``dvae`` (a checkpoint path or a loaded model) replaces the directory's ``dvae.pt``:
@@ -287,7 +269,7 @@ class DALLE(nn.Module):
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"no DALL-E model directory at {path}: train one with "
-                                    "`python -m dalle_mini_impl.train dalle --out DIR` or use data/dalle_shapes_toy")
+                                    "`python -m dalle_mini_impl.training dalle --out DIR` or use data/dalle_shapes_toy")
         need = ("config.json", "tokenizer.json", "prior.pt") + (("dvae.pt",) if dvae is None else ())
         missing = [f for f in need if not (path / f).is_file()]
         if missing:
@@ -303,31 +285,3 @@ class DALLE(nn.Module):
         model.prior.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         model.meta = meta.get("extra", {})
         return model.to(device).eval()
-
-
-def memory_estimate(n_params: int, bytes_per_param: int = 16) -> float:
-    """GiB for weights + gradients + Adam moments with float32 master weights
-    (4 + 4 + 4 + 4 bytes per parameter), before activations."""
-    return n_params * bytes_per_param / 2**30
-
-
-def paper_prior_config() -> TransformerConfig:
-    """The paper's 12-billion-parameter prior (2.2, B.1): 64 layers, d_model 3968, 62 heads
-    of 64, 256 text tokens from a 16,384 BPE vocabulary (+256 padding ids) and 32 x 32
-    image tokens from 8,192 codes."""
-    return TransformerConfig(text_vocab=16384 + 256, image_vocab=8192, text_len=256, image_grid=32,
-                             d_model=3968, n_layers=64, n_heads=62)
-
-
-def count_prior_parameters(cfg: TransformerConfig) -> int:
-    """Parameters of a prior, counted without allocating memory (on the meta device)."""
-    from .sizing import count_parameters_meta
-
-    return count_parameters_meta(lambda: Transformer(cfg))
-
-
-def time_generation(model: DALLE, captions: Sequence[str], n: int = 1, **kw) -> float:
-    """Seconds to generate n images per caption (a helper for benchmarks)."""
-    t = time.perf_counter()
-    model.generate(captions, n, **kw)
-    return time.perf_counter() - t

@@ -11,10 +11,11 @@ B.2). Here:
   256-byte initial alphabet). Lesson 05 shows it learns the same merges as ``bpe.train``.
 * Ids ``0 .. bpe_vocab_size - 1`` are BPE tokens; the padding at text position ``i`` is
   id ``bpe_vocab_size + i``. The text embedding table therefore needs
-  ``n_text_tokens = bpe_vocab_size + text_len`` rows; ``vocab_size`` is that number.
+  ``n_text_tokens = bpe_vocab_size + text_len`` rows.
 * Captions longer than ``text_len`` tokens are truncated, with one warning per call that
-  counts them. Empty and whitespace-only captions encode to all padding. Non-strings
-  raise TypeError.
+  counts them (training data); empty and whitespace-only captions encode to all padding.
+  ``encode(..., strict=True)`` (what generation uses: a user typed the caption) raises a
+  ValueError for either instead. Non-strings raise TypeError.
 * Dropout (training only): with ``dropout = p > 0`` each word is re-segmented by
   ``bpe.BPE.encode_word`` with the same merges, skipping each merge with probability p,
   drawn from a seeded RNG, so runs are reproducible (``tokenizers``' own dropout uses an
@@ -33,6 +34,7 @@ from typing import Iterable, Sequence
 import torch
 
 from . import bpe
+from .datasets import course_captions
 
 FORMAT = "dalle_mini_impl.CaptionTokenizer/1"
 
@@ -102,8 +104,6 @@ class CaptionTokenizer:
         """Rows of the text embedding table: BPE tokens + one padding token per position."""
         return self.bpe_vocab_size + self.text_len
 
-    vocab_size = n_text_tokens  # what lesson 08's embedding needs; see the module docstring
-
     def pad_ids(self, text_len: int | None = None) -> torch.Tensor:
         """(text_len,) the padding id of each position: bpe_vocab_size + i."""
         return self.bpe_vocab_size + torch.arange(text_len or self.text_len)
@@ -125,20 +125,21 @@ class CaptionTokenizer:
 
     # ------------------------------------------------------------------ training / io
     @classmethod
-    def train_from_captions(cls, captions: Iterable[str], vocab_size: int = 512, text_len: int = 32,
+    def train_from_captions(cls, captions: Iterable[str], bpe_vocab_size: int = 512, text_len: int = 32,
                             dropout: float = 0.0, min_frequency: int = 0, lowercase: bool = True,
                             seed: int = 0) -> "CaptionTokenizer":
         """Train the byte-level BPE on captions (offline) and wrap it.
 
-        ``vocab_size`` is the BPE vocabulary (DALL-E: 16,384; bytes included); the embedding
-        table then needs ``tok.vocab_size = tok.bpe_vocab_size + text_len`` rows."""
+        ``bpe_vocab_size`` is the BPE vocabulary asked for (DALL-E: 16,384; the 256 bytes
+        included; a small corpus saturates below it); the embedding table then needs
+        ``tok.n_text_tokens = tok.bpe_vocab_size + text_len`` rows."""
         from tokenizers import pre_tokenizers, trainers
 
         captions = _check_captions(captions)
-        if vocab_size < 256:
-            raise ValueError(f"vocab_size must be at least 256 (the byte alphabet), got {vocab_size}")
+        if bpe_vocab_size < 256:
+            raise ValueError(f"bpe_vocab_size must be at least 256 (the byte alphabet), got {bpe_vocab_size}")
         tok = _hf_tokenizer(lowercase)
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+        trainer = trainers.BpeTrainer(vocab_size=bpe_vocab_size, min_frequency=min_frequency, show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
         tok.train_from_iterator(captions, trainer)
         return cls(tok, TokenizerConfig(text_len, dropout, seed))
@@ -180,10 +181,15 @@ class CaptionTokenizer:
                  for c in unique}
         return [[i for w in words[c] for i in self._bpe.encode_word(w, self.dropout, self.rng)] for c in captions]
 
-    def encode(self, captions: str | Sequence[str], text_len: int | None = None) -> torch.Tensor:
+    def encode(self, captions: str | Sequence[str], text_len: int | None = None,
+               strict: bool = False) -> torch.Tensor:
         """Captions -> (B, text_len) LongTensor; position i of a short caption holds pad id
-        bpe_vocab_size + i. Longer captions are cut to text_len, with a warning."""
+        bpe_vocab_size + i. Longer captions are cut to text_len, with a warning; with
+        ``strict`` an empty list, an empty caption or a too-long one raises a ValueError that
+        says which caption and what to do."""
         captions = _check_captions(captions)
+        if strict and not captions:
+            raise ValueError("no captions given: pass at least one caption")
         text_len = self.text_len if text_len is None else int(text_len)
         if not 1 <= text_len <= self.text_len:
             raise ValueError(f"text_len must be in [1, {self.text_len}] (this tokenizer has {self.text_len} "
@@ -191,6 +197,14 @@ class CaptionTokenizer:
         blank = [not c.strip() for c in captions]  # empty or whitespace-only: all padding
         it = iter(self._bpe_ids([c for c, b in zip(captions, blank) if not b]))
         seqs = [[] if b else next(it) for b in blank]
+        if strict:
+            for i, (c, b, s) in enumerate(zip(captions, blank, seqs)):
+                if b:
+                    raise ValueError(f"caption {i} is empty: describe the image, e.g. "
+                                     "'a small red circle on the left'")
+                if len(s) > text_len:
+                    raise ValueError(f"caption {i} is {len(s)} tokens long; this model reads at most "
+                                     f"{text_len}. Shorten it: {c!r:.80}")
         too_long = sum(len(s) > text_len for s in seqs)
         pad = list(range(self.bpe_vocab_size, self.bpe_vocab_size + text_len))
         out = torch.tensor([s[:text_len] + pad[len(s):] for s in seqs], dtype=torch.long)  # (B, T)
@@ -222,32 +236,9 @@ class CaptionTokenizer:
                 f"n_text_tokens={self.n_text_tokens}, dropout={self.dropout})")
 
 
-def course_captions() -> list[str]:
-    """Every phrasing of the course's caption language, deterministic and without drawing a
-    single image: all one-object shapes captions, the two-object ones of a fixed sample,
-    and every digits caption."""
-    from .datasets.digits import _TEMPLATES, digit_caption
-    from .datasets.shapes import (COLOUR_NAMES, ONE_TEMPLATES, POSITIONS, RELATIONS, SHAPES, SIZES,
-                                  TWO_TEMPLATES, caption_from_attributes)
-
-    objs = [{"shape": s, "colour": c, "size": z} for s in SHAPES for c in COLOUR_NAMES for z in SIZES]
-    caps = [caption_from_attributes({"objects": [o | {"position": p}], "relation": None}, v)
-            for o in objs for p in POSITIONS for v in range(len(ONE_TEMPLATES))]
-    rng = random.Random(0)
-    for _ in range(4000):
-        a, b = rng.sample(objs, 2)
-        caps.append(caption_from_attributes({"objects": [a, b], "relation": rng.choice(RELATIONS)},
-                                            rng.randrange(len(TWO_TEMPLATES))))
-    caps += [digit_caption(d, v) for d in range(10) for v in range(len(_TEMPLATES))] * 20
-    return caps
-
-
-def course_tokenizer(text_len: int | None = None, vocab_size: int = 512, dropout: float = 0.0) -> CaptionTokenizer:
+def course_tokenizer(text_len: int = 32, bpe_vocab_size: int = 512, dropout: float = 0.0) -> CaptionTokenizer:
     """The course's tokenizer for shapes and digits captions, trained from scratch in well
     under a second, the same every time. The caption language has a few dozen words, so
-    BPE saturates (every word one token) below ``vocab_size=512``. ``text_len`` defaults
-    to the preset's (32 on CPU)."""
-    if text_len is None:
-        from .utils import get_preset
-        text_len = get_preset().text_len
-    return CaptionTokenizer.train_from_captions(course_captions(), vocab_size, text_len, dropout)
+    BPE saturates (every word one token) below ``bpe_vocab_size=512``. ``text_len``: text
+    positions (the presets' ``text_len``: 32 on CPU, 64 and 128 on the GPU presets)."""
+    return CaptionTokenizer.train_from_captions(course_captions(), bpe_vocab_size, text_len, dropout)

@@ -26,7 +26,7 @@ def mixed_tok():
 
 def test_sizes_and_per_position_padding(tok):
     V = tok.bpe_vocab_size
-    assert tok.n_text_tokens == tok.vocab_size == V + 24
+    assert tok.n_text_tokens == tok.n_text_tokens == V + 24
     ids = tok.encode(["a small red circle on the left", "the digit 7"])
     assert ids.shape == (2, 24) and ids.dtype == torch.long
     n = (ids < V).sum(1)  # real tokens per caption
@@ -107,7 +107,7 @@ def test_save_load_round_trip(tok, tmp_path):
         warnings.simplefilter("ignore")  # some unicode captions are byte-long for this small vocab
         assert torch.equal(back.encode(caps), tok.encode(caps))
         assert back.decode(back.encode(caps)) == tok.decode(tok.encode(caps))
-    assert back.vocab_size == tok.vocab_size and back.text_len == 24
+    assert back.n_text_tokens == tok.n_text_tokens and back.text_len == 24
     (tmp_path / "other.json").write_text('{"format": "something else"}')
     with pytest.raises(ValueError, match="not a CaptionTokenizer file"):
         CaptionTokenizer.load(tmp_path / "other.json")

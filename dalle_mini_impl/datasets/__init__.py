@@ -6,6 +6,8 @@
 
 ``load_dataset("shapes" | "digits" | "folder:PATH" | "coco:JSON", ...)`` picks one by name.
 Every item is ``(image, caption, attributes)``; ``collate`` batches them for a DataLoader.
+``load_pairs`` / ``load_images`` give whole tensors (what the training commands read);
+``course_captions`` is every phrasing of the course's caption language.
 """
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ from pathlib import Path
 
 import torch
 
+from .captions import course_captions
 from .digits import DigitsDataset, digit_caption
 from .folder import CocoCaptionsDataset, FolderDataset
 from .shapes import (COLOUR_NAMES, COLOURS, DEFAULT_HOLDOUT, POSITIONS, RELATIONS, SHAPES, SIZES,
                      ShapesDataset, canonical, caption_from_attributes, parse_caption)
 
 __all__ = ["ShapesDataset", "DigitsDataset", "FolderDataset", "CocoCaptionsDataset", "load_dataset",
-           "load_pairs", "load_images",
+           "load_pairs", "load_images", "course_captions",
            "collate", "caption_from_attributes", "parse_caption", "canonical", "digit_caption",
            "SHAPES", "COLOURS", "COLOUR_NAMES", "SIZES", "POSITIONS", "RELATIONS", "DEFAULT_HOLDOUT"]
 
