@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .precision import Precision, as_precision
+from .utils import progress_bar
 
 
 # --------------------------------------------------------------------------- blocks
@@ -244,8 +245,6 @@ def fit(model: nn.Module, images: torch.Tensor, steps: int, batch_size: int = 64
     order, pos = torch.randperm(n, generator=generator), 0
     bar = range(steps)
     if progress:
-        from .utils import progress_bar
-
         bar = progress_bar(bar, leave=False)
     model.train()
     for _ in bar:

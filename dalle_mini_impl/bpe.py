@@ -42,6 +42,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
+from .utils import data_dir
+
 # GPT-2's pre-tokenisation regex, the one ``tokenizers.pre_tokenizers.ByteLevel`` uses.
 # Python's ``re`` has no \p{L} / \p{N}: :func:`_gpt2_regex` spells them out as classes.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -335,8 +337,6 @@ def mixed_language_captions(n: int, seed: int = 0) -> list[str]:
     ``seed``: each is a span of 3-12 words of one line (characters for scripts written
     without spaces), and every third one adds a span of a second line, often in another
     language. A varied corpus on which a 1,000-token vocabulary does not saturate."""
-    from .utils import data_dir
-
     path = data_dir() / "mixed_language_corpus.txt"
     lines = [l.strip() for l in path.read_text(encoding="utf-8").splitlines()
              if l.strip() and not l.startswith("#")]

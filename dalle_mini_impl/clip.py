@@ -38,9 +38,8 @@ Use
   one prompt (or an ensemble of prompts, CLIP 3.1.4) per class, pick the class whose text
   embedding is closest to the image's. ``shapes_prompts("colour")`` builds them for shapes.
 
-Train the shipped model (``data/clip_shapes_toy/``) with::
-
-    python -m dalle_mini_impl.train clip --steps 1500 --out data/clip_shapes_toy
+The shipped model (``data/clip_shapes_toy/``) was trained by the command in
+data/clip_shapes_toy/README.md (``python -m dalle_mini_impl.training clip ...``).
 
 The CLIP here is trained on *all* (colour, shape) combinations, including the ones the
 DALL-E prior never sees (``split="all"``): the paper's CLIP was trained on its own,
@@ -51,7 +50,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -59,8 +58,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .datasets import ShapesDataset
+from .datasets.shapes import COLOUR_NAMES, POSITIONS, SHAPES, SIZES, caption_from_attributes
 from .precision import Precision, as_precision
-from .utils import load_checkpoint, save_checkpoint, seed_everything
+from .tokenizer import course_tokenizer
+from .utils import data_dir, load_checkpoint, save_checkpoint, seed_everything
 
 
 @dataclass
@@ -154,8 +156,6 @@ class CLIP(nn.Module):
 
     def __init__(self, config: CLIPConfig = CLIPConfig(), tokenizer=None):
         super().__init__()
-        from .tokenizer import course_tokenizer
-
         self.config = cfg = config
         self.tokenizer = tokenizer if tokenizer is not None else course_tokenizer(cfg.text_len, cfg.vocab_size)
         if self.tokenizer.text_len != cfg.text_len:
@@ -285,8 +285,6 @@ def shapes_prompts(attribute: str) -> dict[str, list[str]]:
     ``"colour"``, ``"shape"``, ``"size"`` or ``"position"``. Each class gets every caption of
     the course's language that states it (the other attributes varied): the ensemble
     averages them out."""
-    from .datasets.shapes import COLOUR_NAMES, POSITIONS, SHAPES, SIZES, caption_from_attributes
-
     values = {"colour": COLOUR_NAMES, "shape": SHAPES, "size": SIZES, "position": POSITIONS}
     if attribute not in values:
         raise ValueError(f"attribute must be one of {list(values)}, got {attribute!r}")
@@ -311,8 +309,6 @@ def train_clip(steps: int = 1500, n_train: int = 30_000, batch_size: int = 256, 
     command's ``clip`` subcommand calls this). Deterministic for a given seed and device.
     ``precision``: a ``precision.Precision``, a name, or None for the package's policy (bf16
     where the device computes it natively, else float32)."""
-    from .datasets import ShapesDataset
-
     device = torch.device(device)
     prec = as_precision(precision, device)
     g = seed_everything(seed)
@@ -344,9 +340,6 @@ def train_clip(steps: int = 1500, n_train: int = 30_000, batch_size: int = 256, 
 def evaluate_clip(model: CLIP, n: int = 2000, seed: int = 54_321) -> dict[str, float]:
     """Zero-shot accuracy on one-object shapes (colour, shape, size, position; prompt
     ensembles) on every split, and image->caption retrieval accuracy within batches of 64."""
-    from .datasets import ShapesDataset
-    from .datasets.shapes import COLOUR_NAMES, POSITIONS, SHAPES, SIZES
-
     out = {}
     for split in ("train", "holdout"):
         data = ShapesDataset(n, image_size=model.config.image_size, seed=seed, split=split, n_objects=1)
@@ -371,8 +364,6 @@ def save_clip(model: CLIP, path: str | Path, step: int = 0, extra: dict | None =
 
 def load_clip(path: str | Path | None = None, device: str | torch.device = "cpu") -> CLIP:
     """The shipped CLIP (``data/clip_shapes_toy/clip.pt``) or one saved by the training command."""
-    from .utils import data_dir
-
     path = Path(path) if path is not None else data_dir() / "clip_shapes_toy" / "clip.pt"
     if path.is_dir():
         path = path / "clip.pt"

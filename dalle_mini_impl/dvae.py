@@ -28,10 +28,11 @@ Architecture (A.1): the encoder and decoder are stacks of bottleneck resblocks i
 (pool after each group but the last / upsample after each group but the last); each block
 is id_path(x) + post_gain * res_path(x) with post_gain = 1 / n_layers^2. With
 ``DVAEConfig.paper()`` the modules are weight-compatible with OpenAI's released dVAE
-(``pip install DALL-E``: ``dall_e.Encoder`` / ``dall_e.Decoder``); ``from_openai`` converts
-their state dicts (or their pickled files) and gives the same outputs. Their decoder's first
-layer, a 1x1 conv applied to a one-hot (B, K, h, w) map, *is* a lookup table: here it is the
-``codebook`` (its bias folded into every row, since a one-hot or soft one-hot sums to 1).
+(``pip install DALL-E``: ``dall_e.Encoder`` / ``dall_e.Decoder``); ``dvae_openai.from_openai``
+converts their state dicts (or their pickled files) and gives the same outputs. Their
+decoder's first layer, a 1x1 conv applied to a one-hot (B, K, h, w) map, *is* a lookup table:
+here it is the ``codebook`` (its bias folded into every row, since a one-hot or soft one-hot
+sums to 1).
 """
 from __future__ import annotations
 
@@ -47,10 +48,11 @@ import torch.nn.functional as F
 
 from .elb import ELBTerms, elb_stage1
 from .precision import Precision, as_precision
+from .utils import data_dir, load_checkpoint, save_checkpoint
 
 __all__ = ["LOGIT_LAPLACE_EPS", "DVAEConfig", "DiscreteVAE", "map_pixels", "unmap_pixels",
            "logit_laplace_log_prob", "logit_laplace_nll", "mse_nll", "gumbel_softmax",
-           "dvae_loss", "dequantize", "train_step", "from_openai", "load_pretrained_toy", "TOY_CHECKPOINT"]
+           "dvae_loss", "dequantize", "train_step", "decoder_step", "load_pretrained_toy", "TOY_CHECKPOINT"]
 
 LOGIT_LAPLACE_EPS = 0.1  # eq. 3
 TOY_CHECKPOINT = "dvae_shapes_toy/dvae.pt"  # under data/
@@ -352,16 +354,12 @@ class DiscreteVAE(nn.Module):
 
     # -- saving
     def save(self, path: str | os.PathLike, step: int = 0, extra: dict | None = None) -> Path:
-        """Weights and config only (small); see ``train.py`` for resumable checkpoints."""
-        from .utils import save_checkpoint
-
+        """Weights and config only (small); ``training/dvae.py`` writes resumable checkpoints."""
         return save_checkpoint(path, model=self, config=self.config, step=step, extra=extra, rng=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "DiscreteVAE":
-        """A dVAE from a checkpoint written by ``save`` or by ``python -m dalle_mini_impl.train dvae``."""
-        from .utils import load_checkpoint
-
+        """A dVAE from a checkpoint written by ``save`` or by ``python -m dalle_mini_impl.training dvae``."""
         state = load_checkpoint(path, map_location=map_location)
         cfg = state.get("config")
         if not isinstance(cfg, dict) or "n_codes" not in cfg:
@@ -374,8 +372,6 @@ class DiscreteVAE(nn.Module):
 def load_pretrained_toy(map_location: str | torch.device = "cpu") -> DiscreteVAE:
     """The shipped CPU-toy dVAE (32x32 shapes -> 8x8 tokens, 512 codes), trained by the command
     in data/dvae_shapes_toy/README.md."""
-    from .utils import data_dir
-
     path = data_dir() / TOY_CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"no shipped toy dVAE at {path}; train it with the command in "
@@ -476,66 +472,6 @@ def decoder_step(model: DiscreteVAE, optimizer: torch.optim.Optimizer, ids: torc
     with torch.no_grad():
         mse = F.mse_loss(model.reconstruct(stats.float()), images).item()
     return {"loss": loss.item(), "mse": mse, "stage": "decoder", "skipped": float(not applied)}
-
-
-# --------------------------------------------------------------------------- OpenAI compatibility
-def _openai_state(obj) -> dict[str, torch.Tensor]:
-    if isinstance(obj, (str, os.PathLike)):
-        obj = torch.load(obj, map_location="cpu", weights_only=False)  # their pickled module
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if not isinstance(obj, dict):
-        raise TypeError("expected an OpenAI dall_e Encoder/Decoder, its state_dict, or the path of "
-                        f"its pickled file (encoder.pkl / decoder.pkl), got {type(obj).__name__}")
-    return obj
-
-
-def _rename(key: str, part: str) -> str:
-    key = key.removeprefix("blocks.")
-    if key.endswith(".w"):
-        key = key[:-2] + ".weight"
-    elif key.endswith(".b"):
-        key = key[:-2] + ".bias"
-    if part == "encoder":
-        if key.startswith("output.conv."):
-            return "encoder.logits." + key.split(".")[-1]
-        if key.startswith("input."):
-            return "encoder." + key
-        return "encoder.groups." + key
-    if key.startswith("output.conv."):
-        return "decoder.output." + key.split(".")[-1]
-    return "decoder.groups." + key
-
-
-def from_openai(encoder, decoder) -> DiscreteVAE:
-    """Build a paper-config ``DiscreteVAE`` from OpenAI's released dVAE.
-
-    ``encoder`` / ``decoder``: ``dall_e.Encoder`` / ``dall_e.Decoder`` modules, their state
-    dicts, or paths of the pickled files (``encoder.pkl``, ``decoder.pkl``) that you
-    downloaded yourself. Their ``Conv2d`` stores ``w`` / ``b``; ours ``weight`` / ``bias``.
-    Their decoder's input 1x1 conv (n_init, K, 1, 1) becomes our codebook (K, n_init), its
-    bias added to every row (exact: one-hots sum to 1).
-    """
-    enc, dec = _openai_state(encoder), _openai_state(decoder)
-    k, d = dec["blocks.input.w"].shape[1], dec["blocks.input.w"].shape[0]
-    n_hid = enc["blocks.input.w"].shape[0]
-    n_blk = sum(1 for key in enc if key.startswith("blocks.group_1.") and key.endswith("res_path.conv_1.w"))
-    cfg = DVAEConfig.paper(n_codes=k, codebook_dim=d, n_hid=n_hid, n_blk_per_group=n_blk,
-                           channels=enc["blocks.input.w"].shape[1])
-    model = DiscreteVAE(cfg)
-    state = {}
-    for key, v in enc.items():
-        state[_rename(key, "encoder")] = v.float()
-    for key, v in dec.items():
-        if key.startswith("blocks.input."):
-            continue
-        state[_rename(key, "decoder")] = v.float()
-    state["codebook.weight"] = dec["blocks.input.w"][:, :, 0, 0].t().float() + dec["blocks.input.b"].float()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"these weights do not fit the paper dVAE: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    return model.eval()
 
 
 def config_dict(cfg: DVAEConfig) -> dict:

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .vae import bits_per_dim  # lesson 02's eq. (3); the bound in bits per dimension
+
 __all__ = ["entropy", "kl_to_uniform", "usage_kl", "ELBTerms", "elb_stage1", "stage2_nll", "bits_per_dim",
            "Schedule", "beta_schedule", "tau_schedule", "codebook_usage", "perplexity",
            "dead_codes"]
@@ -141,22 +143,6 @@ def stage2_nll(prior_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor
                          f"tokens (B, T) {tuple(tokens.shape)}")
     nll = F.cross_entropy(prior_logits.float().transpose(1, 2), tokens, reduction="none")
     return nll.sum(1)
-
-
-def bits_per_dim(nll_nats: torch.Tensor | float, n_dims: int, pixel_levels: int | None = None,
-                 scale: float = 1.0) -> float:
-    """Convert a per-image NLL in nats into bits per dimension.
-
-    For a *density* over pixels in [0, 1] (like the logit-Laplace) the discrete NLL of
-    ``pixel_levels``-valued pixels is bounded by the density's after adding log2(levels)
-    bits per dimension (each bin has width 1/levels); ``scale`` is the Jacobian of any pixel
-    map applied first (map_pixels has scale 1 - 2 eps: density(x) = density(y) * scale).
-    """
-    nll = float(nll_nats)
-    bpd = (nll / n_dims - math.log(scale)) / math.log(2.0)
-    if pixel_levels is not None:
-        bpd += math.log2(pixel_levels)
-    return bpd
 
 
 # --------------------------------------------------------------------------- schedules

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .judge import ShapesJudge, caption_accuracy, caption_matches  # noqa: F401 (re-exported)
+from .judge import ShapesJudge, caption_accuracy
 
 
 @dataclass

@@ -101,6 +101,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from . import utils
+
 __all__ = [
     "float16_stats", "underflow_fraction", "GradientMonitor", "GradScaleConfig",
     "update_log2_scale", "replay_scales", "ActivationGradHooks", "PerResblockGradScaler", "Precision",
@@ -608,9 +610,7 @@ def pick_precision(device: torch.device | str | None = None, prefer: str | None 
         if kind == "cuda":
             bf16_supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         elif kind == "cpu":
-            from .utils import cpu_bf16_native
-
-            bf16_supported = cpu_bf16_native()
+            bf16_supported = utils.cpu_bf16_native()  # looked up at call time: tests replace it
         else:
             bf16_supported = False
     if choice == "auto":
@@ -704,7 +704,7 @@ class DeepResidualStack(nn.Module):
         super().__init__()
         if cfg.growth <= 1.0:
             raise ValueError(f"growth must be > 1 (the residual stream grows), got {cfg.growth}")
-        self.cfg = cfg
+        self.config = cfg
         self.embed = nn.Linear(cfg.d_in, cfg.d_model)
         # |x + b(x)|^2 ~ |x|^2 (1 + c^2) for a branch of gain c uncorrelated with x
         c = math.sqrt(cfg.growth ** 2 - 1.0)

@@ -179,7 +179,7 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.cfg = cfg
+        self.config = cfg
         C, G = cfg.d_model, cfg.image_grid
         self.start = nn.Parameter(torch.zeros(C))                     # <start> vector
         self.text_emb = nn.Embedding(cfg.text_vocab, C)
@@ -207,7 +207,7 @@ class Transformer(nn.Module):
         """Embeddings of sequence positions ``start..start+n``. ``tokens`` (B, n) are the
         tokens read there (text ids at positions 1..T, image ids after); position 0 is the
         start vector and takes no token (give None for n = 1 at position 0)."""
-        cfg, C = self.cfg, self.cfg.d_model
+        cfg, C = self.config, self.config.d_model
         T = cfg.text_len
         n = 1 if tokens is None else tokens.shape[1]
         dev = self.start.device
@@ -234,7 +234,7 @@ class Transformer(nn.Module):
         """Heads for hidden states of positions ``start..``: text vocab where the next token
         is text (position < T), image vocab after. Returns (text_logits, image_logits)."""
         h = self.ln_f(h)
-        n_text = max(0, min(self.cfg.text_len - start, h.shape[1]))
+        n_text = max(0, min(self.config.text_len - start, h.shape[1]))
         return self.text_head(h[:, :n_text]), self.image_head(h[:, n_text:])
 
     # ----------------------------------------------------------------- full forward
@@ -247,7 +247,7 @@ class Transformer(nn.Module):
         ``image_ids[:, -1]`` is not read. A prefix of the image (n < N) is allowed, which is
         how one samples without a KV cache.
         """
-        cfg = self.cfg
+        cfg = self.config
         if text_ids.dim() != 2 or text_ids.shape[1] != cfg.text_len:
             raise ValueError(f"text_ids must be (batch, {cfg.text_len}) (pad captions to "
                              f"text_len), got {tuple(text_ids.shape)}")
@@ -271,7 +271,7 @@ class Transformer(nn.Module):
         """An empty KV cache for ``batch`` sequences of up to ``seq_len`` positions, in the
         dtype keys and values are computed in (16 bits under autocast: the same values in
         half the memory that every sampling step reads)."""
-        cfg = self.cfg
+        cfg = self.config
         if dtype is None:
             dev = self.start.device.type
             dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.start.dtype
@@ -293,29 +293,29 @@ class Transformer(nn.Module):
         vector; text_ids[:, p-1] for 1 <= p <= T; image_ids[:, p-T-1] after) and return the
         logits of the next token, (B, text_vocab) if it is text (position < T) else
         (B, image_vocab). Equal to the full forward pass's logits at that position."""
-        if not 0 <= position < self.cfg.seq_len:
-            raise ValueError(f"position must be in [0, {self.cfg.seq_len}), got {position}")
+        if not 0 <= position < self.config.seq_len:
+            raise ValueError(f"position must be in [0, {self.config.seq_len}), got {position}")
         B = cache.k[0].shape[0]
         if position > 0:
             if token is None:
                 raise ValueError(f"position {position} reads a token; got None")
             token = token.reshape(B, 1)
-        if position > self.cfg.text_len:  # an image token: its embedding, row and column (fig. 10)
-            j, G = position - self.cfg.text_len - 1, self.cfg.image_grid
+        if position > self.config.text_len:  # an image token: its embedding, row and column (fig. 10)
+            j, G = position - self.config.text_len - 1, self.config.image_grid
             x = self.drop(self.image_emb(token) + self.row_emb.weight[j // G] + self.col_emb.weight[j % G])
         else:
             x = self.embed(position, None if position == 0 else token, B)  # (B, 1, C)
         h = self._run_cached(x, position, cache)
         text_logits, image_logits = self._logits(h, position)
-        return (text_logits if position < self.cfg.text_len else image_logits)[:, 0]
+        return (text_logits if position < self.config.text_len else image_logits)[:, 0]
 
     @torch.no_grad()
     def prefill(self, text_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Read the start vector and the whole caption in one pass, filling the cache with
         positions ``0..T``; return the logits of the first image token (B, image_vocab)."""
         B = text_ids.shape[0]
-        if text_ids.shape != (B, self.cfg.text_len):
-            raise ValueError(f"text_ids must be (batch, {self.cfg.text_len}), got "
+        if text_ids.shape != (B, self.config.text_len):
+            raise ValueError(f"text_ids must be (batch, {self.config.text_len}), got "
                              f"{tuple(text_ids.shape)}")
         x = torch.cat([self.embed(0, None, B), self.embed(1, text_ids, B)], dim=1)  # (B, T+1, C)
         h = self._run_cached(x, 0, cache)
@@ -379,7 +379,7 @@ def generate_image_tokens(model: Transformer, text_ids: torch.Tensor, use_cache:
     (:meth:`Transformer.step`); without it every token re-runs the forward pass over the whole
     prefix. Same generator, same tokens either way.
     """
-    T, N = model.cfg.text_len, model.cfg.image_len
+    T, N = model.config.text_len, model.config.image_len
     B = text_ids.shape[0]
     image = text_ids.new_zeros(B, N)  # (B, N)
     k = 0

@@ -124,11 +124,29 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log
     return logp.flatten(1).sum(-1)  # (B,)
 
 
-def bits_per_dim(nats: torch.Tensor | float, dims: int) -> torch.Tensor | float:
-    """Equation (3): a code length in nats per image -> bits per pixel-channel."""
+def bits_per_dim(nats: torch.Tensor | float, dims: int, pixel_levels: int | None = None,
+                 scale: float = 1.0) -> torch.Tensor | float:
+    """Equation (3): a code length in nats per image -> bits per pixel-channel.
+
+    ``nats`` is a tensor or a float and the result has the same type. For a *density* over
+    pixels in [0, 1] (like lesson 03's logit-Laplace) the discrete NLL of ``pixel_levels``-valued
+    pixels is bounded by the density's after adding log2(levels) bits per dimension (each bin
+    has width 1/levels); ``scale`` is the Jacobian of any pixel map applied first (the dVAE's
+    map_pixels has scale 1 - 2 eps: density(x) = density(y) * scale). The defaults suit a
+    likelihood that is already a distribution over the levels, like this module's.
+    """
     if dims <= 0:
         raise ValueError(f"dims must be positive (pixels x channels of one image), got {dims}")
-    return nats / (dims * math.log(2))
+    if scale <= 0:
+        raise ValueError(f"scale must be positive (a Jacobian), got {scale}")
+    bpd = nats / (dims * math.log(2))
+    if scale != 1.0:
+        bpd = bpd - math.log2(scale)
+    if pixel_levels is not None:
+        if pixel_levels < 2:
+            raise ValueError(f"pixel_levels must be >= 2, got {pixel_levels}")
+        bpd = bpd + math.log2(pixel_levels)
+    return bpd
 
 
 # --------------------------------------------------------------------------- the model

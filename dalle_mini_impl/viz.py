@@ -6,7 +6,10 @@ Figures are PNG at a modest dpi so committed notebooks stay small.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping, Sequence
+import os
+import textwrap
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -95,8 +98,6 @@ def show_images(images, nrow: int | None = None, title: str | None = None,
 
 
 def _wrap(text: str, width: int) -> str:
-    import textwrap
-
     return "\n".join(textwrap.wrap(str(text), width)[:4])
 
 
@@ -133,8 +134,6 @@ def save_image_grid(images, path, nrow: int | None = None, upscale: int = 4) -> 
     img = Image.fromarray(grid)
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
-    from pathlib import Path
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 
@@ -144,8 +143,6 @@ def widgets_enabled() -> bool:
     installed, and not a headless run. The course and test commands set ``DALLE_HEADLESS=1``
     (nbconvert/nbval have no front end to draw a widget), so lessons skip their sliders there
     and call the slider's function once with its default value instead."""
-    import os
-
     if os.environ.get("DALLE_HEADLESS"):
         return False
     try:

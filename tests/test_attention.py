@@ -103,7 +103,6 @@ def test_three_paths_agree(kind, text_len, grid, kernel):
 def test_short_bf16_cpu_attention_written_out_agrees_with_sdpa(monkeypatch):
     """16-bit CPU attention over few keys runs written out (faster there); it computes what
     SDPA computes, forward and backward, within bfloat16 rounding."""
-    from dalle_mini_impl import attention as A
     g = torch.Generator().manual_seed(0)
     mask = build_mask("row", 8, 6)
     q, k, v = torch.randn(3, 2, 4, 44, 16, generator=g).to(torch.bfloat16).requires_grad_()

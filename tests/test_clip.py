@@ -1,11 +1,13 @@
 """Tests of the small CLIP (lesson 09): the contrastive loss, scoring, reranking, zero-shot."""
+import json
 import math
 
 import pytest
 import torch
 
 from dalle_mini_impl.clip import (CLIP, CLIPConfig, contrastive_loss, load_clip, save_clip, shapes_prompts,
-                                  zero_shot_classify)
+                                  train_clip, zero_shot_classify)
+from dalle_mini_impl.training.__main__ import main
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,6 @@ def test_save_load_round_trip(model, tmp_path):
 
 
 def test_short_training_lowers_the_loss():
-    from dalle_mini_impl.clip import train_clip
     losses = []
     train_clip(steps=30, n_train=512, batch_size=64, lr=3e-3, config=CLIPConfig(width=8, d_text=32, embed_dim=16,
                text_layers=1), log=lambda r: losses.append(r["loss"]), log_every=1, n_objects=(1,))
@@ -105,9 +106,6 @@ def test_short_training_lowers_the_loss():
 
 
 def test_training_command_writes_checkpoint_and_metrics(tmp_path):
-    import json
-
-    from dalle_mini_impl.train import main
     out = tmp_path / "clip"
     main(["clip", "--steps", "3", "--n-train", "256", "--batch-size", "32", "--n-eval", "128",
           "--width", "8", "--d-text", "32", "--embed-dim", "16", "--text-layers", "1", "--out", str(out)])

@@ -3,12 +3,11 @@ import hashlib
 import json
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from dalle_mini_impl.datasets import (COLOUR_NAMES, DEFAULT_HOLDOUT, SHAPES, CocoCaptionsDataset,
+from dalle_mini_impl.datasets import (COLOUR_NAMES, COLOURS, DEFAULT_HOLDOUT, SHAPES, CocoCaptionsDataset,
                                       DigitsDataset, FolderDataset, ShapesDataset, canonical,
                                       caption_from_attributes, collate, load_dataset, parse_caption)
 
@@ -53,7 +52,6 @@ def test_attributes_agree_with_pixels():
     ds = ShapesDataset(200, seed=5, n_objects=1)
     centre = {"left": (16, 8.6), "right": (16, 23.4), "top": (8.6, 16), "bottom": (23.4, 16),
               "centre": (16, 16)}
-    from dalle_mini_impl.datasets import COLOURS
     hits = 0
     for img, attrs in zip(ds.images, ds.attributes):
         obj = attrs["objects"][0]

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from dalle_mini_impl.distributed import (PowerSGD, powersgd_compression_rate, resblock_shard_shapes,
-                                         simulate_resblock_traffic)
+from dalle_mini_impl.powersgd import (PowerSGD, powersgd_compression_rate, resblock_shard_shapes,
+                                      simulate_resblock_traffic)
 
 
 @pytest.mark.parametrize("d_model,rank,m", [(512, 64, 8), (1024, 128, 8), (256, 32, 4), (768, 96, 8)])

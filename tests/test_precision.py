@@ -40,7 +40,7 @@ def test_float16_stats_counts_zero_subnormal_nonfinite():
 def test_gradient_monitor_records_true_norms():
     torch.manual_seed(0)
     m = DeepResidualStack(DeepStackConfig(n_blocks=4, d_model=8, hidden=16, d_in=4))
-    x, y = teacher_task(16, m.cfg)
+    x, y = teacher_task(16, m.config)
     mon = GradientMonitor(m.branches, divide_by=8.0)
     (8.0 * F.cross_entropy(m(x), y)).backward()
     assert len(mon.history) == 1 and len(mon.last("norm")) == 4
@@ -94,7 +94,7 @@ def test_scaler_follows_the_rule_step_by_step():
     opt = torch.optim.SGD(m.parameters(), lr=0.0)
     sc = PerResblockGradScaler(m.branches, GradScaleConfig(n_replicas=2), emulate=torch.float16)
     assert sc.scales == [2.0 ** 14] * 4  # M * 2**13 with M = 2
-    x, y = teacher_task(8, m.cfg)
+    x, y = teacher_task(8, m.config)
     for _ in range(3):
         F.cross_entropy(m(x), y).backward()
         assert sc.step(opt)
@@ -107,7 +107,7 @@ def test_inf_in_one_resblock_skips_update_and_backs_off_only_that_scale():
     m = _stack(n_blocks=4)
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     sc = PerResblockGradScaler(m.branches, emulate=torch.float16)
-    x, y = teacher_task(16, m.cfg)
+    x, y = teacher_task(16, m.config)
     F.cross_entropy(m(x), y, reduction="sum").backward()  # a first, normal update
     assert sc.step(opt)
     opt.zero_grad()
@@ -131,7 +131,7 @@ def test_inf_in_one_resblock_skips_update_and_backs_off_only_that_scale():
 
 def test_scaler_gradients_equal_float32_gradients_when_nothing_underflows():
     m = _stack()
-    x, y = teacher_task(16, m.cfg)
+    x, y = teacher_task(16, m.config)
     F.cross_entropy(m(x), y, reduction="sum").backward()
     ref = [p.grad.clone() for p in m.parameters()]
     m.zero_grad()
@@ -183,7 +183,7 @@ def test_float16_run_with_scaling_matches_float32_loss_and_global_scale_underflo
 
 def test_real_float16_autocast_with_scaler_on_cpu_keeps_master_weights_fp32():
     m = _stack(n_blocks=3)
-    x, y = teacher_task(8, m.cfg)
+    x, y = teacher_task(8, m.config)
     opt = torch.optim.Adam(m.parameters(), 1e-3)
     sc = PerResblockGradScaler(m.branches)  # real float16 gradients inside the branches
     with torch.autocast("cpu", dtype=torch.float16):
@@ -273,7 +273,7 @@ def test_forcing_bf16_on_a_cpu_without_it_warns(no_env):
 @pytest.mark.parametrize("prefer", ["fp32", "bf16", "fp16"])
 def test_a_nonfinite_gradient_never_changes_a_weight(prefer, no_env):
     m = _stack(n_blocks=2)
-    x, y = teacher_task(8, m.cfg)
+    x, y = teacher_task(8, m.config)
     p = pick_precision("cpu", prefer=prefer, bf16_supported=True)
     opt = torch.optim.Adam(m.parameters(), 1e-3)
     before = {k: v.clone() for k, v in m.state_dict().items()}
@@ -287,7 +287,7 @@ def test_a_nonfinite_gradient_never_changes_a_weight(prefer, no_env):
 @pytest.mark.parametrize("prefer", ["fp32", "bf16", "fp16"])
 def test_precision_training_step_on_cpu(prefer):
     m = _stack(n_blocks=2)
-    x, y = teacher_task(8, m.cfg)
+    x, y = teacher_task(8, m.config)
     p = pick_precision("cpu", prefer=prefer)
     opt = torch.optim.Adam(m.parameters(), 1e-3)
     before = m.head.weight.detach().clone()

@@ -63,7 +63,7 @@ def test_kv_cache_gives_the_full_forward_logits(attention):
     full = stream_logits(m, text, image)
     cache = m.init_cache(3)
     stream = torch.cat([text, image], dim=1)
-    for p in range(m.cfg.seq_len):
+    for p in range(m.config.seq_len):
         logits = m.step(None if p == 0 else stream[:, p - 1], p, cache)
         assert (logits - full[:, p, :logits.shape[-1]]).abs().max() < 1e-5, p
     cache = m.init_cache(3)

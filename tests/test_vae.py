@@ -64,6 +64,22 @@ def test_bits_per_dim_on_hand_computed_cases():
     assert float(per_level.exp().sum()) == pytest.approx(1.0, abs=1e-4)
 
 
+def test_bits_per_dim_of_a_density_over_pixels():
+    # a density over [0, 1] bounds the NLL of 256-level pixels after log2(256) = 8 bits per dim
+    assert bits_per_dim(math.log(2) * 10, 10) == pytest.approx(1.0)
+    assert bits_per_dim(0.0, 10, pixel_levels=256) == pytest.approx(8.0)
+    # a pixel map of Jacobian `scale` applied first costs -log2(scale) bits per dim
+    assert bits_per_dim(0.0, 10, scale=0.5) == pytest.approx(1.0)
+    # floats in, float out; tensors in, tensors out (element-wise)
+    assert isinstance(bits_per_dim(3.0, 2, pixel_levels=256, scale=0.8), float)
+    t = bits_per_dim(torch.tensor([0.0, 10 * math.log(2)]), 10, pixel_levels=256, scale=0.8)
+    torch.testing.assert_close(t, torch.tensor([8.0, 9.0]) - math.log2(0.8))
+    with pytest.raises(ValueError, match="dims"):
+        bits_per_dim(1.0, 0)
+    with pytest.raises(ValueError, match="scale"):
+        bits_per_dim(1.0, 1, scale=0.0)
+
+
 def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="divisible"):
         VAEConfig(image_size=20, n_down=3)
