@@ -19,7 +19,7 @@ FLOPs of a step
   ``N_mm``: the matrix weights a token passes through (``12 d^2`` per layer plus the average
   output head), ``L`` layers, ``s`` positions, ``d = d_model``; the second term is attention
   (``q k^T`` and the sum over ``v``, dense: SDPA with a boolean mask computes every score).
-  See ``dalle_mini_impl/sizing.py``. tokens/s counts every position of every sequence.
+  See ``dalle_mini_impl/training/sizing.py``. tokens/s counts every position of every sequence.
 * dVAE: counted, not derived -- ``torch.utils.flop_counter.FlopCounterMode`` over one
   training forward + backward of one image on fake tensors (convolutions and matmuls), times
   the batch. Its tokens/s are image tokens produced (``grid**2`` per image).
@@ -81,8 +81,8 @@ def _timed(step, steps: int, device) -> float:
 def bench_transformer(preset, batch: int, steps: int, device, text_vocab: int) -> dict:
     from dalle_mini_impl.dalle import dalle_loss
     from dalle_mini_impl.precision import pick_precision
-    from dalle_mini_impl.sizing import prior_config_for_preset, transformer_flops_per_token
-    from dalle_mini_impl.train_dalle import make_optimizer
+    from dalle_mini_impl.training.sizing import prior_config_for_preset, transformer_flops_per_token
+    from dalle_mini_impl.training.dalle import make_optimizer
     from dalle_mini_impl.transformer import Transformer
 
     cfg = prior_config_for_preset(preset, text_vocab=text_vocab)
@@ -126,8 +126,8 @@ def dvae_flops_per_image(cfg) -> float:
 def bench_dvae(preset, batch: int, steps: int, device) -> dict:
     from dalle_mini_impl.dvae import DiscreteVAE, train_step
     from dalle_mini_impl.precision import pick_precision
-    from dalle_mini_impl.sizing import dvae_config_for_preset
-    from dalle_mini_impl.train_dalle import make_optimizer
+    from dalle_mini_impl.training.sizing import dvae_config_for_preset
+    from dalle_mini_impl.training.dalle import make_optimizer
 
     cfg = dvae_config_for_preset(preset)
     torch.manual_seed(0)
@@ -144,7 +144,7 @@ def bench_dvae(preset, batch: int, steps: int, device) -> dict:
 
 def run_row(kind: str, preset_name: str, batch: int, steps: int, device_name: str, threads: int,
             text_vocab: int) -> dict:
-    from dalle_mini_impl.utils import PRESETS
+    from dalle_mini_impl.presets import PRESETS
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)
@@ -185,8 +185,8 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
     if args.steps < 1:
         raise SystemExit("--steps must be >= 1")
-    from dalle_mini_impl.train_dalle import DALLE_PRESETS
-    from dalle_mini_impl.utils import PRESETS, cpu_summary, get_device
+    from dalle_mini_impl.presets import PRESETS
+    from dalle_mini_impl.utils import cpu_summary, get_device
 
     device = get_device(args.device)
     names = args.presets.split(",") if args.presets else \
@@ -210,7 +210,7 @@ def main(argv=None) -> list[dict]:
             elif device.type != "cuda" and name != "cpu":
                 batch = args.cpu_batch
             elif kind == "transformer":
-                batch = DALLE_PRESETS[name].get("micro_batch") or pr.batch_size
+                batch = pr.micro_batch or pr.batch_size
             else:
                 batch = pr.batch_size
             queue = ctx.Queue()

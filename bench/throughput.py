@@ -32,7 +32,7 @@ from dalle_mini_impl.dalle import DALLE, DALLEConfig, prior_config_for  # noqa: 
 from dalle_mini_impl.dvae import DiscreteVAE, DVAEConfig  # noqa: E402
 from dalle_mini_impl.precision import pick_precision  # noqa: E402
 from dalle_mini_impl.tokenizer import course_tokenizer  # noqa: E402
-from dalle_mini_impl.train_dalle import make_optimizer  # noqa: E402
+from dalle_mini_impl.training.dalle import make_optimizer  # noqa: E402
 from dalle_mini_impl.utils import cpu_bf16_native, cpu_summary  # noqa: E402
 
 CAPTIONS = ["a small red circle on the left", "a large blue square at the top",
@@ -49,7 +49,7 @@ def build(attention: str) -> DALLE:
 
 def train_pairs_per_s(model: DALLE, prec, steps: int, warmup: int = 2, batch: int = 32) -> float:
     g = torch.Generator().manual_seed(0)
-    text = torch.randint(0, model.tokenizer.vocab_size, (batch, 32), generator=g)
+    text = torch.randint(0, model.tokenizer.n_text_tokens, (batch, 32), generator=g)
     image = torch.randint(0, 512, (batch, 64), generator=g)
     opt = make_optimizer(model.prior, 1e-4, 0.045)
     model.train()

@@ -2,7 +2,7 @@
 
     python -m dalle_mini_impl generate "a small red circle on the left" --n 8 --out grid.png
 
-``--model`` is a directory written by ``python -m dalle_mini_impl.train dalle`` (default: the
+``--model`` is a directory written by ``python -m dalle_mini_impl.training dalle`` (default: the
 tiny system shipped in data/dalle_shapes_toy). Several captions may be given; the grid has
 one row per caption. Sampling: ``--temperature``, ``--top-k``, ``--top-p``, ``--seed``.
 """
@@ -12,6 +12,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+import torch
+
+from .dalle import DALLE
+from .precision import PRECISION_CHOICES
+from .utils import data_dir, get_device
+from .viz import save_image_grid
 
 DEFAULT_MODEL = "dalle_shapes_toy"  # under data/
 
@@ -31,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     g.add_argument("--threads", type=int, default=None)
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+    g.add_argument("--precision", choices=list(PRECISION_CHOICES), default=None,
                    help="default: $DALLE_PRECISION, else auto (bf16 where the device computes it "
                         "natively, else float32)")
     g.add_argument("--upscale", type=int, default=4, help="pixel size of the PNG grid")
@@ -39,12 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def generate_command(args: argparse.Namespace) -> Path:
-    import torch
-
-    from .dalle import DALLE
-    from .utils import data_dir, get_device
-    from .viz import save_image_grid
-
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.n < 1:

@@ -20,6 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from .precision import pick_precision
 from .utils import cpu_summary, repo_root
 
 
@@ -103,10 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    import torch
-
-    from .precision import pick_precision
-
     prec = pick_precision("cuda" if torch.cuda.is_available() else "cpu")
     threads = os.environ.get("OMP_NUM_THREADS") or str(torch.get_num_threads())
     print(f"machine: {cpu_summary()}")

@@ -12,12 +12,10 @@ Two objects are read in canonical order (the left or upper object first; see
 
 Train the shipped judge with::
 
-    python -m dalle_mini_impl.judge --out data/judge_shapes.pt
+    python -m dalle_mini_impl.training judge --out data/judge_shapes.pt
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,8 @@ import torch.nn.functional as F
 
 from .datasets.shapes import (COLOUR_NAMES, POSITIONS, SHAPES, SIZES, ShapesDataset, canonical,
                               parse_caption)
-from .utils import data_dir, load_checkpoint, save_checkpoint, seed_everything
+from .precision import Precision, as_precision
+from .utils import data_dir, load_checkpoint, seed_everything
 
 DEFAULT_PATH = "judge_shapes.pt"  # inside data/
 _HEADS = {"shape": len(SHAPES), "colour": len(COLOUR_NAMES), "size": len(SIZES),
@@ -136,8 +135,11 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def train_judge(n_train: int = 30_000, steps: int = 1500, batch_size: int = 128, seed: int = 0,
-                image_size: int = 32, progress: bool = True) -> ShapesJudge:
-    """Train the judge on every (colour, shape) pair, one- and two-object scenes."""
+                image_size: int = 32, progress: bool = True,
+                precision: Precision | str | None = None) -> ShapesJudge:
+    """Train the judge on every (colour, shape) pair, one- and two-object scenes, on the CPU
+    (``precision``: the package's policy by default, ``precision.pick_precision``)."""
+    prec = as_precision(precision, "cpu")
     g = seed_everything(seed)
     data = ShapesDataset(n_train, image_size=image_size, seed=seed + 1000, split="all", n_objects=(1, 2))
     images = data.float_images()
@@ -149,7 +151,7 @@ def train_judge(n_train: int = 30_000, steps: int = 1500, batch_size: int = 128,
     for step in range(steps):
         idx = torch.randint(0, n_train, (batch_size,), generator=g)
         x = _augment(images[idx], g)
-        with torch.autocast("cpu", torch.bfloat16, enabled=x.device.type == "cpu"):
+        with prec.autocast():
             out = model(x)
         loss = judge_loss({k: v.float() for k, v in out.items()}, {k: v[idx] for k, v in targets.items()})
         opt.zero_grad(set_to_none=True)
@@ -199,33 +201,9 @@ def caption_accuracy(judge: ShapesJudge, images: torch.Tensor, captions: list[st
 
 
 def load_judge(path: str | Path | None = None, device: str | torch.device = "cpu") -> ShapesJudge:
-    """The shipped judge (``data/judge_shapes.pt``) or one saved by ``main``."""
+    """The shipped judge (``data/judge_shapes.pt``) or one saved by ``training judge``."""
     path = Path(path) if path is not None else data_dir() / DEFAULT_PATH
     state = load_checkpoint(path, map_location=device)
     model = ShapesJudge(JudgeConfig(**state["config"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval()
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Train the shapes judge (attribute classifier).")
-    p.add_argument("--out", default=str(data_dir() / DEFAULT_PATH))
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--n-train", type=int, default=30_000)
-    p.add_argument("--seed", type=int, default=0)
-    argv = sys.argv[1:] if argv is None else argv
-    args = p.parse_args(argv)
-    model = train_judge(args.n_train, args.steps, seed=args.seed)
-    test1 = ShapesDataset(2000, seed=98_765, split="all", n_objects=1)
-    test2 = ShapesDataset(2000, seed=98_766, split="all", n_objects=2)
-    acc1, acc2 = attribute_accuracy(model, test1), attribute_accuracy(model, test2)
-    print("held-out attribute accuracy, one object:", {k: round(v, 4) for k, v in acc1.items()})
-    print("held-out attribute accuracy, two objects:", {k: round(v, 4) for k, v in acc2.items()})
-    save_checkpoint(args.out, model=model, config=model.config, step=args.steps, rng=False,
-                    extra={"command": "python -m dalle_mini_impl.judge " + " ".join(argv),
-                           "accuracy_one_object": acc1, "accuracy_two_objects": acc2})
-    print(f"saved {args.out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""The training command: `python -m dalle_mini_impl.train dvae ...` writes loadable
+"""The training command: `python -m dalle_mini_impl.training dvae ...` writes loadable
 checkpoints, a JSONL log and final metrics, and --resume continues the run."""
 import json
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dalle_mini_impl import train
+from dalle_mini_impl.training.__main__ import build_parser, main
 from dalle_mini_impl.dvae import DiscreteVAE
 
 TINY = ["--n-hid", "8", "--codebook-dim", "8", "--n-codes", "16", "--batch-size", "4",
@@ -16,7 +16,7 @@ TINY = ["--n-hid", "8", "--codebook-dim", "8", "--n-codes", "16", "--batch-size"
 
 def test_dvae_command_writes_checkpoint_log_and_metrics(tmp_path):
     out = tmp_path / "run"
-    train.main(["dvae", "--dataset", "shapes", "--steps", "3", "--out", str(out), *TINY])
+    main(["dvae", "--dataset", "shapes", "--steps", "3", "--out", str(out), *TINY])
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == [1, 2, 3]
     assert {"loss", "recon_nll", "kl", "tau", "beta", "mse", "images_per_s"} <= set(lines[0])
@@ -29,10 +29,10 @@ def test_dvae_command_writes_checkpoint_log_and_metrics(tmp_path):
 
 def test_dvae_resume_continues_the_same_run(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
-    train.main(["dvae", "--steps", "4", "--out", str(full), *TINY])
-    train.main(["dvae", "--steps", "4", "--stop-after", "2", "--out", str(part), *TINY])
+    main(["dvae", "--steps", "4", "--out", str(full), *TINY])
+    main(["dvae", "--steps", "4", "--stop-after", "2", "--out", str(part), *TINY])
     assert not (part / "dvae.pt").exists() and (part / "resume.pt").exists()
-    train.main(["dvae", "--steps", "4", "--out", str(part), "--resume", *TINY])
+    main(["dvae", "--steps", "4", "--out", str(part), "--resume", *TINY])
     a = torch.load(full / "dvae.pt", weights_only=False)["model"]
     b = torch.load(part / "dvae.pt", weights_only=False)["model"]
     for k in a:  # interrupted + resumed == uninterrupted, exactly
@@ -43,17 +43,17 @@ def test_dvae_resume_continues_the_same_run(tmp_path):
 
 def test_dvae_command_rejects_bad_input(tmp_path):
     with pytest.raises(SystemExit):
-        train.main(["dvae", "--out", str(tmp_path)])  # --steps is required
+        main(["dvae", "--out", str(tmp_path)])  # --steps is required
     with pytest.raises(ValueError, match="unknown dataset"):
-        train.main(["dvae", "--dataset", "nope", "--steps", "1", "--out", str(tmp_path), *TINY])
+        main(["dvae", "--dataset", "nope", "--steps", "1", "--out", str(tmp_path), *TINY])
 
 
 def test_decoder_stage_keeps_the_tokens_and_resumes_exactly(tmp_path):
     """--decoder-steps: the encoder (so every token id) stays as stage 1 left it, only the
     decoder and codebook move; a run stopped inside that stage resumes to the same weights."""
     one, two, part = tmp_path / "one", tmp_path / "two", tmp_path / "part"
-    train.main(["dvae", "--steps", "3", "--out", str(one), *TINY])
-    train.main(["dvae", "--steps", "3", "--decoder-steps", "3", "--out", str(two), *TINY])
+    main(["dvae", "--steps", "3", "--out", str(one), *TINY])
+    main(["dvae", "--steps", "3", "--decoder-steps", "3", "--out", str(two), *TINY])
     a = torch.load(one / "dvae.pt", weights_only=False)["model"]
     b = torch.load(two / "dvae.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))
@@ -62,21 +62,21 @@ def test_decoder_stage_keeps_the_tokens_and_resumes_exactly(tmp_path):
     assert [l.get("stage") for l in lines] == [None] * 3 + ["decoder"] * 3
     assert json.loads((two / "metrics.json").read_text())["decoder_steps"] == 3
 
-    train.main(["dvae", "--steps", "3", "--decoder-steps", "3", "--stop-after", "4", "--out", str(part), *TINY])
-    train.main(["dvae", "--steps", "3", "--decoder-steps", "3", "--resume", "--out", str(part), *TINY])
+    main(["dvae", "--steps", "3", "--decoder-steps", "3", "--stop-after", "4", "--out", str(part), *TINY])
+    main(["dvae", "--steps", "3", "--decoder-steps", "3", "--resume", "--out", str(part), *TINY])
     c = torch.load(part / "dvae.pt", weights_only=False)["model"]
     for k in b:
         assert torch.equal(b[k], c[k]), k
     with pytest.raises(ValueError, match="--decoder-steps must be >= 0"):
-        train.main(["dvae", "--steps", "1", "--decoder-steps", "-1", "--out", str(tmp_path / "bad"), *TINY])
+        main(["dvae", "--steps", "1", "--decoder-steps", "-1", "--out", str(tmp_path / "bad"), *TINY])
 
 
 def test_folder_dataset_keeps_its_last_images_for_evaluation(tmp_path):
     """A folder has no held-out split: the command keeps its last images aside (never trained
     on) and evaluates on them; a folder too small to spare one image is refused clearly."""
-    from dalle_mini_impl.train import load_images
+    from dalle_mini_impl.datasets import load_images
     out = tmp_path / "run"
-    train.main(["dvae", "--dataset", "folder:data/sample_folder", "--steps", "2", "--n-eval", "2",
+    main(["dvae", "--dataset", "folder:data/sample_folder", "--steps", "2", "--n-eval", "2",
                 "--out", str(out), *TINY])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_eval"] == 1  # 6 images: a tenth, at least one, kept aside
@@ -87,11 +87,11 @@ def test_folder_dataset_keeps_its_last_images_for_evaluation(tmp_path):
     for f in ("shape_00.png", "shape_00.txt"):
         (small / f).write_bytes((Path("data/sample_folder") / f).read_bytes())
     with pytest.raises(ValueError, match="too few to keep any aside"):
-        train.main(["dvae", "--dataset", f"folder:{small}", "--steps", "1", "--out", str(tmp_path / "s"), *TINY])
+        main(["dvae", "--dataset", f"folder:{small}", "--steps", "1", "--out", str(tmp_path / "s"), *TINY])
 
 
 def test_precision_flag_and_the_deprecated_bf16_alias(capsys):
-    parser = train.build_parser()
+    parser = build_parser()
     args = parser.parse_args(["dvae", "--steps", "1", "--out", "x"])
     assert args.precision is None                       # None: $DALLE_PRECISION, else auto
     assert parser.parse_args(["dvae", "--steps", "1", "--out", "x", "--precision", "bf16"]).precision == "bf16"

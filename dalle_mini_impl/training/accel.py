@@ -1,4 +1,4 @@
-"""GPU fast paths with CPU fallbacks, in one place (issue 10: from CPU toy to GPU system).
+"""GPU fast paths with CPU fallbacks, in one place: what takes the CPU toy to a GPU system.
 
 The training commands ask this module, never ``torch.cuda`` directly, which fast path a
 device gets, so that every choice is a small function a CPU-only test can check:
@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from typing import Callable, Iterable, Iterator
 
 import torch
+
+from ..precision import pick_precision
 
 __all__ = ["amp_dtype", "fused_adamw_ok", "make_adamw", "maybe_compile", "compile_blocks", "loader_kwargs",
            "token_batches"]
@@ -41,8 +44,6 @@ def amp_dtype(device=None, bf16_supported: bool | None = None) -> torch.dtype:
 
     The decision is ``precision.pick_precision``'s (lesson 07), so the two never disagree;
     ``bf16_supported`` overrides the detection (tests use it)."""
-    from .precision import pick_precision
-
     return pick_precision(_device(device), bf16_supported=bf16_supported).dtype
 
 
@@ -96,7 +97,6 @@ def compile_blocks(blocks, enabled: bool, device=None, backend: str = "inductor"
     it composes with DDP and FSDP (compile after sharding)."""
     if not enabled:
         return
-    import warnings
 
     maybe_compile(torch.nn.Identity(), True, device, backend)  # the early checks only
     # attention.py caches each layer's mask with lru_cache; dynamo traces through the cache

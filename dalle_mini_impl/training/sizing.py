@@ -1,6 +1,6 @@
 """How big is a preset: parameters, training memory and FLOPs, without building the model.
 
-Used by ``python -m dalle_mini_impl.train dalle --preset paper`` (the 12B shape), by
+Used by ``python -m dalle_mini_impl.training dalle --preset paper`` (the 12B shape), by
 ``bench/gpu_throughput.py`` (model FLOPs utilisation) and by a test that checks that each GPU
 preset fits its card. Parameters are counted exactly, on the meta device (no memory); memory
 is a rough estimate, and says what it leaves out.
@@ -52,14 +52,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
-from .transformer import Transformer, TransformerConfig
-from .utils import PRESETS, Preset
+from ..dvae import DiscreteVAE, DVAEConfig, dvae_loss
+from ..presets import PAPER, PRESETS, Preset
+from ..transformer import Transformer, TransformerConfig
+from ..utils import count_parameters_meta
 
 GIB = 2 ** 30
 # A preset's card, from its name: 16 GB and 80 GB (decimal, as vendors count) in GiB.
 CARD_GIB = {"gpu16": 16e9 / GIB, "gpu80": 80e9 / GIB}
-PAPER_TEXT_VOCAB = 16384 + 256  # the paper's BPE vocabulary plus 256 per-position padding ids
 
 
 @dataclass(frozen=True)
@@ -83,22 +85,25 @@ def states_bytes(n_params: int, autocast_copies: bool = True) -> int:
 
 
 # --------------------------------------------------------------------------- transformer
-def prior_config_for_preset(preset: Preset | str, text_vocab: int = PAPER_TEXT_VOCAB,
+def _preset(preset: Preset | str) -> Preset:
+    if isinstance(preset, Preset):
+        return preset
+    return PAPER if preset == "paper" else PRESETS[preset]
+
+
+def prior_config_for_preset(preset: Preset | str, text_vocab: int | None = None,
                             **changes) -> TransformerConfig:
     """The prior ``train dalle --preset NAME`` builds (its dVAE grid and codebook, its text
-    length); ``text_vocab`` defaults to the paper's, the largest a caption tokenizer gets."""
-    p = PRESETS[preset] if isinstance(preset, str) else preset
+    length). ``text_vocab`` defaults to the preset's own for ``paper``, and to the paper's BPE
+    vocabulary (16,384) plus 256 padding ids for the others: the largest a caption tokenizer
+    gets, so memory estimates are upper bounds."""
+    p = _preset(preset)
+    if text_vocab is None:
+        text_vocab = p.text_vocab if p is PAPER else PAPER.text_vocab
     sizes = dict(text_vocab=text_vocab, image_vocab=p.dvae_codes, text_len=p.text_len,
                  image_grid=p.dvae_grid, d_model=p.d_model, n_layers=p.n_layers, n_heads=p.n_heads)
     sizes.update(changes)
     return TransformerConfig(**sizes)
-
-
-def count_parameters_meta(build) -> int:
-    """Parameters of ``build()``, a module constructed on the meta device (no memory)."""
-    with torch.device("meta"):
-        model = build()
-    return sum(p.numel() for p in model.parameters())
 
 
 def matmul_params_per_token(cfg: TransformerConfig) -> float:
@@ -138,11 +143,9 @@ def transformer_memory(cfg: TransformerConfig, micro_batch: int, scores: bool = 
 
 
 # --------------------------------------------------------------------------- dVAE
-def dvae_config_for_preset(preset: Preset | str):
-    """The dVAE ``train dvae --preset NAME --n-hid <preset.dvae_hidden>`` builds."""
-    from .dvae import DVAEConfig
-
-    p = PRESETS[preset] if isinstance(preset, str) else preset
+def dvae_config_for_preset(preset: Preset | str) -> DVAEConfig:
+    """The dVAE ``train dvae --preset NAME`` builds."""
+    p = _preset(preset)
     return DVAEConfig.toy(image_size=p.image_size, grid=p.dvae_grid, n_codes=p.dvae_codes,
                           n_hid=p.dvae_hidden)
 
@@ -172,7 +175,6 @@ def saved_activation_bytes(loss_fn, params=()) -> int:
 
 
 def _is_fake(t: torch.Tensor) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
     return isinstance(t, FakeTensor)
 
 
@@ -180,10 +182,6 @@ def dvae_memory(cfg, micro_batch: int, bf16: bool = True) -> MemoryEstimate:
     """Training memory of a dVAE: exact parameter count; activations measured from one
     training forward (``dvae.dvae_loss``) on fake tensors (``FakeTensorMode``: shapes and
     dtypes, no memory), under bf16 autocast as ``train dvae`` runs by default."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from .dvae import DiscreteVAE, dvae_loss
-
     with FakeTensorMode():
         model = DiscreteVAE(cfg)
         images = torch.rand(micro_batch, cfg.channels, cfg.image_size, cfg.image_size)
@@ -200,10 +198,27 @@ def dvae_memory(cfg, micro_batch: int, bf16: bool = True) -> MemoryEstimate:
 def preset_report(name: str, micro_batch: int | None = None) -> dict:
     """Parameters and memory of a preset's transformer and dVAE at ``micro_batch`` (default:
     the ``train dalle`` micro-batch of the preset, else its batch size)."""
-    from .train_dalle import DALLE_PRESETS
-
     p = PRESETS[name]
-    mb = micro_batch or DALLE_PRESETS[name].get("micro_batch") or p.batch_size
+    mb = micro_batch or p.micro_batch or p.batch_size
     prior = transformer_memory(prior_config_for_preset(p), mb)
     dvae = dvae_memory(dvae_config_for_preset(p), micro_batch or p.batch_size)
     return {"preset": name, "card_gib": CARD_GIB.get(name), "transformer": prior, "dvae": dvae}
+
+
+# --------------------------------------------------------------------------- the paper
+def paper_prior_config() -> TransformerConfig:
+    """The paper's 12-billion-parameter prior (2.2, B.1): ``presets.PAPER``'s 64 layers of
+    width 3,968 with 62 heads of 64, 256 text tokens from 16,384 BPE ids (+256 padding ids)
+    and 32 x 32 image tokens from 8,192 codes."""
+    return prior_config_for_preset(PAPER)
+
+
+def paper_report() -> dict:
+    """The paper's prior: parameters (counted on the meta device) and training-state memory."""
+    cfg = paper_prior_config()
+    n = count_parameters_meta(lambda: Transformer(cfg))
+    return {"preset": "paper", "d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+            "text_len": cfg.text_len, "image_tokens": cfg.image_len, "text_vocab": cfg.text_vocab,
+            "image_vocab": cfg.image_vocab, "parameters": n, "parameters_billions": round(n / 1e9, 2),
+            "gib_fp32_adam": round(states_bytes(n, autocast_copies=False) / GIB, 1),
+            "gib_fp16_weights_only": round(2 * n / GIB, 1)}

@@ -1,0 +1,63 @@
+"""Training the small CLIP reranker of lesson 09 (paper section 2.6; Radford et al. 2021).
+
+    python -m dalle_mini_impl.training clip --dataset shapes --out runs/clip
+
+The loop is ``clip.train_clip`` (the lesson calls it too); this command adds the run folder,
+the log, the zero-shot and retrieval evaluation (``clip.evaluate_clip``) and the saved model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ..clip import CLIPConfig, evaluate_clip, save_clip, train_clip
+from ..presets import get_preset
+from ..utils import get_device
+from .common import RunLog, add_common_args, command_line, fresh_log, set_threads
+
+
+def train_clip_command(args: argparse.Namespace) -> dict:
+    """Train the reranker on shapes pairs, then measure and save it."""
+    set_threads(args.threads)
+    if not args.dataset.startswith("shapes"):
+        raise ValueError("the clip command trains on the shapes dataset (its evaluation needs attributes)")
+    if args.resume:
+        raise ValueError("the clip command has no --resume (a run takes minutes): start it again")
+    device = get_device(args.device)
+    preset = get_preset(args.preset, device)
+    cfg = CLIPConfig(image_size=args.image_size or preset.image_size, width=args.width,
+                     d_text=args.d_text, embed_dim=args.embed_dim, text_layers=args.text_layers)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = RunLog(fresh_log(out, resume=False))
+    t0 = time.perf_counter()
+    model = train_clip(steps=args.steps, n_train=args.n_train, batch_size=args.batch_size or 256,
+                       lr=args.lr or 1e-3, seed=args.seed, config=cfg, split=args.split,
+                       precision=args.precision, device=device, log=log.write, log_every=args.log_every)
+    train_time = time.perf_counter() - t0
+    metrics = evaluate_clip(model.cpu(), n=args.n_eval)
+    metrics.update(steps=args.steps, train_seconds=round(train_time, 1), device=device.type,
+                   config=asdict(cfg), command=command_line())
+    save_clip(model, out / "clip.pt", step=args.steps,
+              extra={"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=2))
+    return metrics
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("clip", help="lesson 09: the contrastive reranker (small CLIP) on shapes")
+    add_common_args(p)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--d-text", type=int, default=96)
+    p.add_argument("--text-layers", type=int, default=2)
+    p.add_argument("--embed-dim", type=int, default=96)
+    p.add_argument("--n-train", type=int, default=30_000)
+    p.add_argument("--n-eval", type=int, default=2_000, help="images per split for the zero-shot evaluation")
+    p.add_argument("--split", choices=["all", "train"], default="all",
+                   help="all: every (colour, shape) pair, as the paper's CLIP saw its own data")
+    p.set_defaults(func=train_clip_command)

@@ -1,0 +1,502 @@
+"""Stage 2 training: the transformer prior of DALL-E over (caption, image-token) pairs.
+
+Paper: Ramesh et al. 2021, section 2.2 (the loss) and appendix B.2 (optimisation: AdamW with
+beta_1 = 0.9, beta_2 = 0.96, eps = 1e-8, weight decay 4.5e-2, gradient norm clipped to 4,
+learning rate warmed up linearly to its peak over the first 5,000 steps; the paper then halves
+it on plateaus, here a cosine decay to a tenth does the same job without watching the loss).
+
+    python -m dalle_mini_impl.training dalle --dataset shapes --objects 1 --steps 3000 --out runs/dalle
+
+What a run does, in order (one function each):
+
+1. ``setup``: the processes (``distributed.setup``), the preset's sizes, the output folder;
+2. ``build``: loads the dataset (``shapes``, ``digits``, ``folder:PATH`` or ``coco:JSON``) and
+   the frozen dVAE (``--dvae``, default the shipped toy one), makes the tokenizer and the prior;
+3. ``pretokenise``: every image through the dVAE once (cached in ``OUT/tokens.pt``, reused
+   while the dataset and dVAE are unchanged);
+4. ``run_loop``: the 1/8-7/8 loss under the package's precision policy (lesson 07's
+   ``pick_precision``: bf16 where the device computes it natively, fp16 + loss scaling on
+   older GPUs, else float32; a non-finite step changes no weight), gradient clipping,
+   micro-batches, an optional EMA of the weights. Every ``--log-every`` steps a line goes to
+   ``OUT/metrics.jsonl``; every ``--sample-every`` steps a grid to ``OUT/samples/``; every
+   ``--ckpt-every`` steps ``OUT/resume.pt`` is written atomically. ``--resume`` continues
+   exactly: the data order is a function of (seed, step). Ctrl-C or SIGTERM saves first;
+5. ``finish``: saves the whole system with :meth:`DALLE.save` into ``OUT`` -- what
+   ``python -m dalle_mini_impl generate --model OUT`` loads.
+
+GPU fast paths (``accel.py``; each falls back on CPU), several processes (``distributed.py``:
+DDP, or FSDP2 with ``--fsdp``), and ``--preset paper`` (prints the 12-billion-parameter shape
+and its memory from ``sizing.py``, trains nothing) are described in those modules.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import signal
+import time
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..dalle import DALLE, DALLEConfig, dalle_loss, prior_config_for
+from ..datasets import DEFAULT_HOLDOUT, course_captions, load_pairs
+from ..dvae import TOY_CHECKPOINT, DiscreteVAE
+from ..precision import Precision, pick_precision
+from ..presets import Preset, get_preset
+from ..tokenizer import CaptionTokenizer, course_tokenizer
+from ..utils import atomic_write_bytes, data_dir, load_checkpoint, save_checkpoint, seed_everything
+from ..viz import save_image_grid
+from . import distributed as D
+from .accel import compile_blocks, make_adamw, token_batches
+from .common import RunLog, add_common_args, command_line, fresh_log, set_threads
+from .sizing import paper_report
+
+SHAPES_SAMPLE_CAPTIONS = [
+    "a small red circle on the left", "a large blue square at the top",
+    "a large green triangle in the centre", "a small yellow diamond on the right",
+    "a large purple circle at the bottom", "a small cyan square in the centre",
+    # held-out colour-shape pairs (never seen in training)
+    "a large red triangle on the left", "a small blue circle at the top",
+]
+
+
+@dataclass
+class DalleSettings:
+    """Everything ``train dalle`` reads; the command line builds one (``None``: the preset's)."""
+
+    out: str = "runs/dalle"
+    steps: int = 1000
+    dataset: str = "shapes"
+    dvae: str | None = None            # default: data/dvae_shapes_toy/dvae.pt
+    objects: int | tuple = 1
+    n_train: int | None = None
+    preset: str | None = None          # cpu, gpu16, gpu80 or paper
+    text_len: int | None = None
+    bpe_vocab: int | None = None       # folder: datasets
+    d_model: int | None = None
+    n_layers: int | None = None
+    n_heads: int | None = None
+    attention: str = "sparse"
+    dropout: float = 0.0
+    text_weight: float = 1 / 8
+    batch_size: int | None = None
+    micro_batch: int | None = None
+    lr: float | None = None
+    warmup: int | None = None
+    weight_decay: float = 4.5e-2
+    clip: float = 4.0
+    ema: float = 0.0
+    seed: int = 0
+    device: str | None = None
+    precision: str | None = None
+    threads: int | None = None
+    compile: bool = False
+    fsdp: bool = False
+    workers: int | None = None
+    log_every: int = 50
+    ckpt_every: int = 500
+    sample_every: int = 0
+    top_k: int = 32
+    save_fp16: bool = False
+    resume: bool = False
+    stop_after: int | None = None
+    progress: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "DalleSettings":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+@dataclass
+class Run:
+    """What ``setup`` and ``build`` make and the loop uses."""
+
+    s: DalleSettings
+    world: int
+    rank: int
+    device: torch.device
+    preset: Preset
+    out: Path
+    batch: int = 0
+    local_batch: int = 0
+    model: DALLE | None = None
+    captions: list | None = None
+    dvae_path: Path | None = None
+
+    @property
+    def dataset_name(self) -> str:
+        return self.s.dataset.split(":")[0].strip().lower()
+
+
+# --------------------------------------------------------------------------- the schedule
+def lr_at(step: int, peak: float, warmup: int, total: int, final_ratio: float = 0.1) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps (B.2), then cosine to peak * final_ratio."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def make_optimizer(prior: torch.nn.Module, lr: float, weight_decay: float,
+                   device: torch.device | str | None = "cpu") -> torch.optim.AdamW:
+    """AdamW with the paper's betas and eps (B.2); no decay on biases, gains and embeddings;
+    fused on CUDA (``accel.make_adamw``)."""
+    decay, no_decay = [], []
+    for name, p in prior.named_parameters():
+        is_matrix = p.dim() >= 2 and "emb" not in name
+        (decay if is_matrix else no_decay).append(p)
+    return make_adamw([{"params": decay, "weight_decay": weight_decay},
+                       {"params": no_decay, "weight_decay": 0.0}],
+                      device, lr=lr, betas=(0.9, 0.96), eps=1e-8)
+
+
+def micro_batches(local_batch: int, micro: int | None) -> list[slice]:
+    """Slices of a local batch run one after another (gradient accumulation)."""
+    if micro is None or micro >= local_batch:
+        return [slice(0, local_batch)]
+    if micro < 1:
+        raise ValueError(f"--micro-batch must be >= 1, got {micro}")
+    return [slice(i, min(i + micro, local_batch)) for i in range(0, local_batch, micro)]
+
+
+# --------------------------------------------------------------------------- 1. setup
+def setup(s: DalleSettings) -> Run:
+    set_threads(s.threads)
+    world, rank, device = D.setup(s.device)
+    preset = get_preset(s.preset, device)
+    batch = s.batch_size or preset.batch_size
+    if batch % world:
+        raise ValueError(f"--batch-size {batch} must be divisible by the number of processes ({world})")
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(s.seed)
+    return Run(s, world, rank, device, preset, out, batch, batch // world)
+
+
+# --------------------------------------------------------------------------- 2. build
+def build(run: Run) -> torch.Tensor:
+    """The frozen dVAE, the tokenizer and the prior (``run.model``); returns the images."""
+    s = run.s
+    dvae_path = Path(s.dvae) if s.dvae else data_dir() / TOY_CHECKPOINT
+    if not dvae_path.is_file():
+        raise FileNotFoundError(f"no dVAE checkpoint at {dvae_path}: train one with "
+                                "`python -m dalle_mini_impl.training dvae --out DIR` and pass --dvae DIR/dvae.pt")
+    dvae = DiscreteVAE.load(dvae_path, map_location=run.device)
+    images, captions = load_pairs(s.dataset, s.n_train, dvae.config.image_size, s.seed, s.objects)
+    if images.shape[1] != dvae.config.channels:
+        raise ValueError(f"the dataset has {images.shape[1]}-channel images; the dVAE expects {dvae.config.channels}")
+    text_len = s.text_len or run.preset.text_len
+    if run.dataset_name in ("shapes", "digits"):
+        tokenizer = course_tokenizer(text_len)
+    else:  # your captions: learn BPE on them together with the course's language
+        tokenizer = CaptionTokenizer.train_from_captions(course_captions() + captions,
+                                                         s.bpe_vocab or run.preset.bpe_vocab, text_len)
+    p = run.preset
+    prior_cfg = prior_config_for(tokenizer, dvae, d_model=s.d_model or p.d_model, n_layers=s.n_layers or p.n_layers,
+                                 n_heads=s.n_heads or p.n_heads, attention=s.attention, dropout=s.dropout)
+    run.model = DALLE(tokenizer, dvae, DALLEConfig(prior=prior_cfg, text_weight=s.text_weight)).to(run.device)
+    run.captions, run.dvae_path = captions, dvae_path
+    return images
+
+
+# --------------------------------------------------------------------------- 3. pre-tokenise
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def pretokenise(model: DALLE, images: torch.Tensor, captions: list[str], cache: Path | None,
+                key: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text ids (M, T) and dVAE image ids (M, N) of a dataset, computed once and cached in
+    ``cache`` under ``key`` (dataset, size, seed, dVAE digest): later runs and resumes read
+    the file instead of running the dVAE encoder again. The cache holds tensors and plain
+    values only and is read with ``weights_only=True``."""
+    if cache is not None and cache.is_file():
+        state = torch.load(cache, map_location="cpu", weights_only=True)
+        if state.get("key") == key:
+            return state["text"], state["image"]
+    with warnings.catch_warnings():  # training captions longer than text_len are cut (and counted)
+        warnings.simplefilter("ignore")
+        text = model.tokenizer.encode(captions)  # (M, T)
+    image = model.encode_images(images).cpu()  # (M, N)
+    if cache is not None:
+        buf = io.BytesIO()
+        torch.save({"key": key, "text": text, "image": image}, buf)
+        atomic_write_bytes(cache, buf.getvalue())
+    return text, image
+
+
+def tokens_of(run: Run, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank 0 writes the token cache; the other ranks then read it."""
+    s, model = run.s, run.model
+    key = {"dataset": s.dataset, "n": len(images), "seed": s.seed, "objects": str(s.objects),
+           "image_size": model.image_size, "text_len": model.text_len, "dvae": _file_digest(run.dvae_path),
+           "tokenizer_vocab": model.tokenizer.n_text_tokens}
+    cache = run.out / "tokens.pt"
+    if run.rank == 0:
+        text_ids, image_ids = pretokenise(model, images, run.captions, cache, key)
+    D.barrier(run.world)
+    if run.rank != 0:
+        text_ids, image_ids = pretokenise(model, images, run.captions, cache, key)
+    if run.device.type != "cuda":  # CPU: the whole token table on the device, plain indexing
+        text_ids, image_ids = text_ids.to(run.device), image_ids.to(run.device)
+    return text_ids, image_ids
+
+
+# --------------------------------------------------------------------------- 4. the loop
+class Trainer:
+    """The optimizer, precision, EMA and checkpoints of one run, and its steps."""
+
+    def __init__(self, run: Run):
+        s, self.run = run.s, run
+        prior = run.model.prior
+        self.prec: Precision = pick_precision(run.device, s.precision)
+        if run.rank == 0:
+            print(f"precision: {self.prec}", flush=True)
+        self.pieces = micro_batches(run.local_batch, s.micro_batch if s.micro_batch is not None
+                                    else run.preset.micro_batch)
+        if s.fsdp:
+            D.check_fsdp(run.world, self.prec.name, s.ema, s.sample_every)
+            D.shard(prior)
+        self.lr = s.lr or run.preset.lr
+        self.warmup = s.warmup if s.warmup is not None else min(run.preset.warmup, max(1, s.steps // 10))
+        self.opt = make_optimizer(prior, self.lr, s.weight_decay, run.device)
+        self.ema = {k: v.detach().clone() for k, v in prior.state_dict().items()} if s.ema else None
+        self.resume_path = run.out / "resume.pt"
+        self.start = self._resume() if s.resume else 0
+        self.net = D.wrap_ddp(prior, run.device) if run.world > 1 and not s.fsdp else prior
+        compile_blocks(prior.blocks, s.compile, run.device)  # in place: DDP/FSDP see the same module
+
+    def _resume(self) -> int:
+        run, prior = self.run, self.run.model.prior
+        if run.s.fsdp:
+            state = load_checkpoint(self.resume_path, restore_rng=True, map_location="cpu")
+            D.load_full_state(prior, self.opt, state["model"], state["optimizer"])
+        else:
+            state = load_checkpoint(self.resume_path, model=prior, optimizer=self.opt, restore_rng=True,
+                                    map_location=run.device)
+        if self.ema is not None and state["extra"].get("ema") is not None:
+            self.ema = {k: v.to(run.device) for k, v in state["extra"]["ema"].items()}
+        if self.prec.scaler is not None and state["extra"].get("scaler"):
+            self.prec.scaler.load_state_dict(state["extra"]["scaler"])
+        if run.rank == 0:
+            print(f"resumed from {self.resume_path} at step {state['step']}", flush=True)
+        return state["step"]
+
+    def save_resume(self, step: int) -> None:
+        run, prior = self.run, self.run.model.prior
+        extra = {"ema": self.ema, "settings": asdict(run.s),
+                 "scaler": self.prec.scaler.state_dict() if self.prec.scaler else None}
+        if run.s.fsdp:
+            msd, osd = D.full_state(prior, self.opt)
+            model, opt = D.StateOf(msd), D.StateOf(osd)
+        else:
+            model, opt = prior, self.opt
+        if run.rank == 0:
+            save_checkpoint(self.resume_path, model=model, optimizer=opt, config=run.model.config.to_dict(),
+                            step=step, extra=extra)
+        D.barrier(run.world)
+
+    def step(self, step: int, text_all: torch.Tensor, img_all: torch.Tensor) -> dict:
+        """One optimizer update over the micro-batches of this rank's batch."""
+        run, s = self.run, self.run.s
+        prior = run.model.prior
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(step, self.lr, self.warmup, s.steps)
+        losses = {k: 0.0 for k in ("loss", "text", "image")}
+        for i, piece in enumerate(self.pieces):
+            text, img = text_all[piece], img_all[piece]  # (b, T), (b, N)
+            share = (piece.stop - piece.start) / run.local_batch
+            D.sync_gradients(self.net, s.fsdp, run.world, i == len(self.pieces) - 1)
+            with self.prec.autocast():
+                text_logits, image_logits = self.net(text, img)
+            part = dalle_loss(text_logits, image_logits, text, img, s.text_weight)
+            self.prec.backward(part["loss"] * share)
+            for k in losses:
+                losses[k] = losses[k] + part[k].detach() * share
+        self.prec.unscale(self.opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(prior.parameters(), s.clip)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under --fsdp
+            grad_norm = grad_norm.full_tensor()
+        self.prec.step(self.opt, grad_norm)
+        if self.ema is not None:
+            with torch.no_grad():
+                for k, v in prior.state_dict().items():
+                    if v.is_floating_point():
+                        self.ema[k].lerp_(v, 1 - s.ema)
+                    else:
+                        self.ema[k].copy_(v)
+        return {"loss": losses["loss"].item(), "text_loss": losses["text"].item(),
+                "image_loss": losses["image"].item(), "lr": self.opt.param_groups[0]["lr"],
+                "grad_norm": float(grad_norm)}
+
+
+def with_weights(model: DALLE, ema: dict | None, fn):
+    """Run ``fn`` with the EMA weights loaded into the prior (if any), then restore."""
+    if ema is None:
+        return fn()
+    current = {k: v.detach().clone() for k, v in model.prior.state_dict().items()}
+    model.prior.load_state_dict(ema)
+    try:
+        return fn()
+    finally:
+        model.prior.load_state_dict(current)
+
+
+def write_samples(run: Run, trainer: Trainer, step: int) -> None:
+    captions = SHAPES_SAMPLE_CAPTIONS if run.dataset_name == "shapes" else list(dict.fromkeys(run.captions))[:8]
+    model = run.model
+    images = with_weights(model, trainer.ema, lambda: model.generate(captions, 1, top_k=run.s.top_k, seed=0,
+                                                                     precision=trainer.prec))
+    save_image_grid(images, run.out / "samples" / f"step_{step:06d}.png", nrow=len(captions))
+
+
+def run_loop(run: Run, trainer: Trainer, text_ids: torch.Tensor, image_ids: torch.Tensor) -> tuple[int, dict]:
+    """Steps from ``trainer.start`` to the end (or ``--stop-after``); returns (step, last log)."""
+    s = run.s
+    log = RunLog(fresh_log(run.out, s.resume) if run.rank == 0 else run.out / "metrics.jsonl", quiet=True)
+    tokens_per_pair = run.model.text_len + run.model.grid ** 2
+
+    def on_term(signum, frame):  # SIGTERM (preemption) behaves like Ctrl-C: save, then stop
+        raise KeyboardInterrupt
+    old_term = signal.signal(signal.SIGTERM, on_term) if run.rank == 0 or run.world == 1 else None
+    start = trainer.start
+    stop = min(s.steps, start + s.stop_after) if s.stop_after else s.steps
+    bar = tqdm(total=s.steps, initial=start, disable=run.rank != 0 or not s.progress, desc="dalle",
+               dynamic_ncols=True)
+    step, t0, seen, last = start, time.perf_counter(), 0, {}
+    run.model.prior.train()
+    # CUDA: worker processes gather each batch into pinned memory; CPU: plain indexing
+    batches = token_batches((text_ids, image_ids),
+                            lambda i: D.batch_indices(len(text_ids), run.local_batch, i, s.seed, run.world, run.rank),
+                            range(start, stop), run.device, workers=s.workers)
+    try:
+        while step < stop:
+            text_all, img_all = next(batches)  # (b, T), (b, N)
+            record = trainer.step(step, text_all, img_all)
+            step += 1
+            seen += run.batch
+            elapsed = time.perf_counter() - t0
+            last = {"step": step, **record, "pairs_per_s": seen / elapsed,
+                    "tokens_per_s": seen * tokens_per_pair / elapsed, "elapsed_s": elapsed}
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+            if run.rank == 0 and (step % s.log_every == 0 or step == s.steps):
+                log.write(last)
+            if run.rank == 0 and s.sample_every and step % s.sample_every == 0:
+                write_samples(run, trainer, step)
+            if step % s.ckpt_every == 0 and step < s.steps:
+                trainer.save_resume(step)
+    except KeyboardInterrupt:
+        bar.close()
+        trainer.save_resume(step)
+        if run.rank == 0:
+            print(f"\ninterrupted at step {step}: saved {trainer.resume_path}; continue with --resume", flush=True)
+        raise SystemExit(130)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    bar.close()
+    return step, last
+
+
+# --------------------------------------------------------------------------- 5. finish
+def finish(run: Run, trainer: Trainer, step: int, last: dict, n_pairs: int) -> dict:
+    """Save resume.pt; at the last step also the whole system (EMA weights if any) and
+    metrics.json."""
+    s, model = run.s, run.model
+    trainer.save_resume(step)
+    result = dict(last, device=run.device.type, world_size=run.world, precision=trainer.prec.name,
+                  parameters=sum(p.numel() for p in model.prior.parameters()),
+                  train_pairs=n_pairs, stopped_early=step < s.steps)
+    if step >= s.steps and s.fsdp:  # gather the whole prior into a plain copy on rank 0
+        msd, _ = D.full_state(model.prior, trainer.opt)
+        if run.rank == 0:
+            model = DALLE(model.tokenizer, model.dvae.cpu(), model.config)
+            model.prior.load_state_dict(msd)
+    if step >= s.steps and run.rank == 0:
+        command = command_line()
+        held = [list(p) for p in DEFAULT_HOLDOUT] if run.dataset_name == "shapes" else []
+        with_weights(model, trainer.ema, lambda: model.save(
+            run.out, weights_dtype=torch.float16 if s.save_fp16 else None,
+            extra={"step": step, "metrics": result, "command": command, "held_out_pairs": held}))
+        (run.out / "metrics.json").write_text(json.dumps(dict(result, command=command), indent=2) + "\n")
+        if s.sample_every:
+            write_samples(run, trainer, step)
+    D.barrier(run.world)
+    D.teardown(run.world)
+    return result
+
+
+# --------------------------------------------------------------------------- the command
+def print_paper_shape() -> dict:
+    """The paper's 12B prior: parameter count (counted on the meta device) and memory."""
+    info = paper_report()
+    n = info["parameters"]
+    print(f"DALL-E's prior (paper 2.2, B.1): {info['n_layers']} layers, d_model {info['d_model']}, "
+          f"{info['n_heads']} heads, {info['text_len']} text + {info['image_tokens']} image tokens")
+    print(f"parameters: {n:,} ({n / 1e9:.2f} B)")
+    print(f"memory for training with float32 master weights + AdamW (16 bytes/parameter): "
+          f"{info['gib_fp32_adam']:,} GiB before activations; the fp16 weights alone: "
+          f"{info['gib_fp16_weights_only']} GiB. The paper shards this over 1024 V100s (16 GB); "
+          "not trained here.")
+    return info
+
+
+def train_dalle(s: DalleSettings) -> dict:
+    """Train (or resume) a DALL-E prior; see the module docstring."""
+    if s.preset == "paper":
+        return print_paper_shape()
+    run = setup(s)
+    images = build(run)
+    text_ids, image_ids = tokens_of(run, images)
+    del images
+    trainer = Trainer(run)
+    step, last = run_loop(run, trainer, text_ids, image_ids)
+    return finish(run, trainer, step, last, len(text_ids))
+
+
+def _objects(text: str):
+    return tuple(int(x) for x in text.split(",")) if "," in text else int(text)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("dalle", help="stage 2: the transformer prior over text + image tokens (lesson 08)")
+    add_common_args(p, steps=1000, out="runs/dalle", preset_help="cpu, gpu16, gpu80 (default: by device) or "
+                    "paper (prints the 12B shape)")
+    p.set_defaults(ckpt_every=500)
+    p.add_argument("--dvae", default=None, help="dVAE checkpoint (default: data/dvae_shapes_toy/dvae.pt)")
+    p.add_argument("--objects", type=_objects, default=1, help="shapes: objects per image, 1, 2 or 1,2")
+    p.add_argument("--n-train", type=int, default=None, help="pairs to train on (shapes: drawn; default 20000)")
+    p.add_argument("--text-len", type=int, default=None, help="text positions (default: the preset's)")
+    p.add_argument("--bpe-vocab", type=int, default=None,
+                   help="BPE vocabulary for folder: and coco: datasets (default: the preset's, 512)")
+    p.add_argument("--d-model", type=int, default=None)
+    p.add_argument("--n-layers", type=int, default=None)
+    p.add_argument("--n-heads", type=int, default=None)
+    p.add_argument("--attention", default="sparse", choices=["sparse", "full"])
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--text-weight", type=float, default=1 / 8, help="loss weight of the text tokens (paper: 1/8)")
+    p.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (default: min(preset, steps/10))")
+    p.add_argument("--weight-decay", type=float, default=4.5e-2)
+    p.add_argument("--clip", type=float, default=4.0, help="gradient norm clip (paper: 4)")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights, e.g. 0.999 (0: off)")
+    p.add_argument("--sample-every", type=int, default=0, help="write a sample grid every N steps (0: only at the end)")
+    p.add_argument("--top-k", type=int, default=32, help="top-k of the sample grids")
+    p.add_argument("--save-fp16", action="store_true", help="store the final prior weights in float16 (half size)")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="pairs per forward pass on each process; the batch is accumulated from pieces "
+                        "of this size (default: the preset's: all of it on cpu, 64 on gpu16 and gpu80)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer (off by default; "
+                   "minutes of compiling first, then faster steps on CUDA; on CPU it needs a C++ compiler)")
+    p.add_argument("--fsdp", action="store_true", help="shard weights, gradients and AdamW state over the "
+                   "torchrun processes (FSDP2 fully_shard; bf16 or fp32) instead of replicating them (DDP)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes for the pre-tokenised data (default: 4 on CUDA, none on CPU)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")
+    p.set_defaults(func=lambda args: train_dalle(DalleSettings.from_args(args)))

@@ -1,0 +1,221 @@
+"""``python -m dalle_mini_impl.training dalle`` (training/dalle.py): resume == uninterrupted,
+torchrun == one process, FSDP == DDP, micro-batches == one pass, clear errors. Tiny sizes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle_mini_impl.dalle import DALLE
+from dalle_mini_impl.datasets import load_pairs
+from dalle_mini_impl.dvae import DiscreteVAE, DVAEConfig
+from dalle_mini_impl.training import dalle as training_dalle
+from dalle_mini_impl.training.__main__ import main
+from dalle_mini_impl.training.dalle import DalleSettings, make_optimizer, micro_batches, train_dalle
+from dalle_mini_impl.training.distributed import batch_indices
+from dalle_mini_impl.transformer import Transformer, TransformerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+CAPTIONS = ["a small red circle on the left", "a large blue square at the top"]
+torch.set_num_threads(1)
+
+
+def tiny_dvae(seed: int = 0) -> DiscreteVAE:
+    torch.manual_seed(seed)
+    return DiscreteVAE(DVAEConfig.toy(image_size=16, grid=4, n_codes=32, n_hid=8, codebook_dim=8)).eval()
+
+
+def _train_args(tmp_path, dvae_path, out, *extra):
+    return ["dalle", "--dvae", str(dvae_path), "--dataset", "shapes", "--n-train", "64",
+            "--batch-size", "8", "--d-model", "32", "--n-layers", "2", "--n-heads", "2",
+            "--text-len", "12", "--steps", "6", "--log-every", "1", "--ckpt-every", "2",
+            "--threads", "1", "--no-progress", "--precision", "fp32", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def dvae_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dvae") / "dvae.pt"
+    tiny_dvae().save(path)
+    return path
+
+
+def _with_dataset(args, spec):
+    args = list(args)
+    args[args.index("--dataset") + 1] = spec
+    return args
+
+
+def _final_weights(out):
+    return torch.load(Path(out) / "resume.pt", weights_only=False)["model"]
+
+
+def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, dvae_file, monkeypatch):
+    full = tmp_path / "full"
+    main(_train_args(tmp_path, dvae_file, full, "--ema", "0.9"))
+    # the same run, interrupted (Ctrl-C) during step 4: it saves resume.pt at step 3 and exits
+    part = tmp_path / "part"
+    calls = {"n": 0}
+    real_loss = training_dalle.dalle_loss
+
+    def flaky_loss(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(training_dalle, "dalle_loss", flaky_loss)
+    with pytest.raises(SystemExit) as exc:
+        main(_train_args(tmp_path, dvae_file, part, "--ema", "0.9"))
+    assert exc.value.code == 130
+    assert torch.load(part / "resume.pt", weights_only=False)["step"] == 3
+    monkeypatch.setattr(training_dalle, "dalle_loss", real_loss)
+    main(_train_args(tmp_path, dvae_file, part, "--ema", "0.9", "--resume"))
+    a, b = _final_weights(full), _final_weights(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ema_a = torch.load(full / "resume.pt", weights_only=False)["extra"]["ema"]
+    ema_b = torch.load(part / "resume.pt", weights_only=False)["extra"]["ema"]
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    # the logged losses of the resumed steps are the uninterrupted run's
+    la = [json.loads(l)["loss"] for l in (full / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(l)["loss"] for l in (part / "metrics.jsonl").read_text().splitlines()]
+    assert la == lb
+    # and the saved system loads and samples
+    m = DALLE.load(full)
+    assert m.generate(CAPTIONS[:1], n=1, seed=0).shape == (1, 3, 16, 16)
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path, dvae_file):
+    one = tmp_path / "one"
+    main(_train_args(tmp_path, dvae_file, one, "--steps", "4"))
+    two = tmp_path / "two"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dalle_mini_impl.training", *_train_args(tmp_path, dvae_file, two, "--steps", "4")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    l1 = [json.loads(l) for l in (one / "metrics.jsonl").read_text().splitlines()]
+    l2 = [json.loads(l) for l in (two / "metrics.jsonl").read_text().splitlines()]
+    assert len(l1) == len(l2) == 4
+    # rank 0 logs its half-batch loss; the average over ranks is the global one, and the
+    # weights after DDP's averaged gradients must match the single process's
+    w1, w2 = _final_weights(one), _final_weights(two)
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-4, atol=1e-5)
+    assert json.loads((two / "metrics.json").read_text())["world_size"] == 2
+
+
+def test_bad_dataset_paths_give_clear_errors(tmp_path, dvae_file):
+    with pytest.raises(ValueError, match="does not exist"):
+        main(_with_dataset(_train_args(tmp_path, dvae_file, tmp_path / "o"), "folder:/no/such/folder"))
+    with pytest.raises(ValueError, match="needs a path"):
+        load_pairs("folder:", None, 16, 0)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_pairs("imagenet", None, 16, 0)
+    with pytest.raises(FileNotFoundError, match="no dVAE checkpoint"):
+        main(["dalle", "--dvae", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")])
+
+
+def test_folder_dataset_trains(tmp_path, dvae_file):
+    out = tmp_path / "f"
+    args = _train_args(tmp_path, dvae_file, out, "--steps", "2", "--batch-size", "2")
+    res = main(_with_dataset(args, "folder:" + str(ROOT / "data" / "sample_folder")))
+    assert res == 0 and (out / "prior.pt").is_file()
+    assert DALLE.load(out).tokenizer.bpe_vocab_size <= 512  # the cpu preset's BPE vocabulary
+
+
+def test_paper_preset_prints_instead_of_training(capsys):
+    main(["dalle", "--preset", "paper"])
+    text = capsys.readouterr().out
+    assert "parameters: 12," in text and "GiB" in text
+
+
+def test_make_optimizer_groups_and_steps():
+    model = Transformer(TransformerConfig(d_model=32, n_layers=1, n_heads=2))
+    opt = make_optimizer(model, 1e-3, 0.1, "cpu")
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    assert opt.defaults["betas"] == (0.9, 0.96)
+
+
+def test_micro_batches_accumulate_the_same_step(tmp_path):
+    """--micro-batch 8 over a batch of 16 gives the loss and the update of one pass of 16."""
+    assert micro_batches(16, None) == [slice(0, 16)]
+    assert micro_batches(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    common = ["dalle", "--steps", "2", "--n-train", "64", "--batch-size", "16", "--d-model", "32",
+              "--n-layers", "1", "--n-heads", "2", "--no-progress", "--log-every", "1", "--precision", "fp32",
+              "--threads", "1"]
+    logs = []
+    for extra, out in (([], "whole"), (["--micro-batch", "8"], "pieces")):
+        main(common + ["--out", str(tmp_path / out)] + extra)
+        logs.append([json.loads(line) for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()])
+    for a, b in zip(*logs):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+
+
+def test_fsdp_outside_torchrun_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="torchrun"):
+        main(["dalle", "--steps", "1", "--n-train", "64", "--batch-size", "16", "--d-model", "32",
+              "--n-layers", "1", "--n-heads", "2", "--no-progress", "--fsdp", "--out", str(tmp_path)])
+
+
+def test_fsdp_matches_ddp_and_resumes_exactly(tmp_path):
+    """FSDP2 (--fsdp) on 2 CPU processes (gloo) trains what DDP trains, and a run stopped
+    and resumed under FSDP ends with the uninterrupted run's weights."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    args = ["--steps", "4", "--n-train", "128", "--batch-size", "16", "--micro-batch", "4",
+            "--d-model", "32", "--n-layers", "2", "--n-heads", "2", "--no-progress", "--log-every", "1",
+            "--threads", "1", "--ckpt-every", "2"]
+
+    def torchrun(out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "dalle_mini_impl.training", "dalle", *args, "--out", str(tmp_path / out), *extra]
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return torch.load(tmp_path / out / "resume.pt", weights_only=False)
+
+    ddp = torchrun("ddp")
+    torchrun("fsdp", "--fsdp", "--stop-after", "2")
+    fsdp = torchrun("fsdp", "--fsdp", "--resume")
+    assert ddp["step"] == fsdp["step"] == 4
+    for k, v in ddp["model"].items():  # bf16 autocast: the two reduce in different orders
+        torch.testing.assert_close(fsdp["model"][k], v, atol=2e-3, rtol=1e-2)
+    assert DALLE.load(tmp_path / "fsdp").prior.config.n_layers == 2  # the gathered, plain model
+
+
+def test_settings_dataclass_is_what_the_command_builds(tmp_path, dvae_file):
+    """The command line and the dataclass are one interface: the same settings, the same run."""
+    from dalle_mini_impl.training.__main__ import build_parser
+    args = build_parser().parse_args(_train_args(tmp_path, dvae_file, tmp_path / "a", "--steps", "2"))
+    settings = DalleSettings.from_args(args)
+    assert settings.steps == 2 and settings.d_model == 32 and settings.precision == "fp32"
+    a = train_dalle(settings)
+    b = train_dalle(DalleSettings(**{**settings.__dict__, "out": str(tmp_path / "b")}))
+    assert a["loss"] == b["loss"]
+
+
+def test_batch_indices_depend_on_seed_and_step_only():
+    a = batch_indices(100, 8, step=13, seed=3)
+    assert torch.equal(a, batch_indices(100, 8, step=13, seed=3))
+    assert not torch.equal(a, batch_indices(100, 8, step=14, seed=3))
+    # two ranks of 4 take the global batch a single process of 8 would take (as a set)
+    both = torch.cat([batch_indices(100, 4, 13, 3, world=2, rank=r) for r in (0, 1)])
+    assert sorted(both.tolist()) == sorted(batch_indices(100, 8, 13, 3).tolist())
+    with pytest.raises(ValueError, match="smaller --batch-size"):
+        batch_indices(10, 8, 0, 0, world=2)
+
+
+def test_old_entry_point_still_works_and_says_it_is_deprecated(tmp_path, dvae_file, capsys):
+    from dalle_mini_impl import train
+    assert train.main(_train_args(tmp_path, dvae_file, tmp_path / "old", "--steps", "1")) == 0
+    assert "deprecated" in capsys.readouterr().err
