@@ -42,7 +42,8 @@ test-portable: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -q
 
-# execute every notebook in order, in place, headless; print where the results are
+# execute every notebook in order, headless, into outputs/notebooks/ (python -m dalle_mini_impl.course
+# --in-place writes them back into notebooks/); print the machine, the precision and each lesson's time
 course: $(STAMP)
 	$(BIN)/python -m dalle_mini_impl.course
 
