@@ -53,7 +53,7 @@ from .dvae import DiscreteVAE
 from .precision import Precision, as_precision
 from .tokenizer import CaptionTokenizer
 from .transformer import Transformer, TransformerConfig, generate_image_tokens
-from .utils import atomic_write_bytes
+from .utils import atomic_write_bytes, check_finite, progress_bar, safe_load
 
 FORMAT = "dalle_mini_impl.DALLE/1"
 TEXT_WEIGHT = 1 / 8  # section 2.2
@@ -199,7 +199,7 @@ class DALLE(nn.Module):
                  prime_images: torch.Tensor | None = None, prime_rows: int = 0,
                  batch_size: int = 64, use_cache: bool = True,
                  precision: "Precision | str | None" = None,
-                 return_tokens: bool = False):
+                 return_tokens: bool = False, progress: bool = False):
         """``n`` images for each caption: (len(captions) * n, C, S, S) in [0, 1], caption-major
         (the n images of caption 0 first).
 
@@ -208,7 +208,8 @@ class DALLE(nn.Module):
         tokens and samples the rest (paper 3.3). ``precision``: a ``precision.Precision``, a
         name ("fp32", "bf16", ...) or None for the package's policy (bf16 where the device
         computes it natively, else float32; ``$DALLE_PRECISION`` overrides it). On a CPU fp16
-        samples in float32 (float16 matmuls are many times slower there). With ``return_tokens`` also returns the (B*n, N) ids."""
+        samples in float32 (float16 matmuls are many times slower there). With ``return_tokens``
+        also returns the (B*n, N) ids; ``progress`` shows a bar over the batches."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         text = self.encode_text(captions).repeat_interleave(n, dim=0)  # (B n, T)
@@ -229,7 +230,8 @@ class DALLE(nn.Module):
         ctx = prec.autocast() if prec.name == "bf16" or self.device.type == "cuda" else contextlib.nullcontext()
         out = []
         with ctx:
-            for s in range(0, len(text), batch_size):
+            for s in progress_bar(range(0, len(text), batch_size), disable=not progress, desc="generating",
+                                  unit="batch"):
                 p = None if prime is None else prime[s:s + batch_size]
                 out.append(self.generate_tokens(text[s:s + batch_size], temperature, top_k, top_p,
                                                 generator, p, use_cache))
@@ -246,6 +248,7 @@ class DALLE(nn.Module):
         cast back to float32 on load."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        check_finite(self.prior.state_dict(), f"saving {path / 'prior.pt'}")
         state = {k: (v.to(weights_dtype) if weights_dtype is not None and v.is_floating_point() else v)
                  for k, v in self.prior.state_dict().items()}
         buf = io.BytesIO()
@@ -281,7 +284,7 @@ class DALLE(nn.Module):
         if not isinstance(dvae, DiscreteVAE):
             dvae = DiscreteVAE.load(path / "dvae.pt" if dvae is None else dvae, map_location="cpu")
         model = cls(tokenizer, dvae, DALLEConfig.from_dict(meta["config"]))
-        state = torch.load(path / "prior.pt", map_location="cpu", weights_only=True)["prior"]
+        state = safe_load(path / "prior.pt")["prior"]
         model.prior.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         model.meta = meta.get("extra", {})
         return model.to(device).eval()

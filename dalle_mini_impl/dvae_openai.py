@@ -21,10 +21,15 @@ from .dvae import DiscreteVAE, DVAEConfig
 __all__ = ["from_openai"]
 
 
-def _openai_state(obj) -> dict[str, torch.Tensor]:
+def _openai_state(obj, trust_pickle: bool) -> dict[str, torch.Tensor]:
     """The state dict of a ``dall_e`` module, of its pickled file's path, or the dict itself."""
     if isinstance(obj, (str, os.PathLike)):
-        obj = torch.load(obj, map_location="cpu", weights_only=False)  # their pickled module
+        if not trust_pickle:
+            raise ValueError(f"{obj} is a pickled module: loading it runs whatever code it holds. Pass "
+                             "trust_pickle=True only for OpenAI's own encoder.pkl / decoder.pkl that you "
+                             "downloaded yourself, or pass their state dicts instead")
+        # the one place in the package that unpickles objects: OpenAI ships a pickled module
+        obj = torch.load(obj, map_location="cpu", weights_only=False)
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
     if not isinstance(obj, dict):
@@ -51,16 +56,17 @@ def _rename(key: str, part: str) -> str:
     return "decoder.groups." + key
 
 
-def from_openai(encoder, decoder) -> DiscreteVAE:
+def from_openai(encoder, decoder, trust_pickle: bool = False) -> DiscreteVAE:
     """Build a paper-config ``DiscreteVAE`` from OpenAI's released dVAE.
 
     ``encoder`` / ``decoder``: ``dall_e.Encoder`` / ``dall_e.Decoder`` modules, their state
     dicts, or paths of the pickled files (``encoder.pkl``, ``decoder.pkl``) that you
-    downloaded yourself. Their ``Conv2d`` stores ``w`` / ``b``; ours ``weight`` / ``bias``.
+    downloaded yourself from OpenAI, with ``trust_pickle=True`` (a pickle runs code as it loads;
+    every other loader of the package reads tensors only). Their ``Conv2d`` stores ``w`` / ``b``; ours ``weight`` / ``bias``.
     Their decoder's input 1x1 conv (n_init, K, 1, 1) becomes our codebook (K, n_init), its
     bias added to every row (exact: one-hots sum to 1).
     """
-    enc, dec = _openai_state(encoder), _openai_state(decoder)
+    enc, dec = _openai_state(encoder, trust_pickle), _openai_state(decoder, trust_pickle)
     k, d = dec["blocks.input.w"].shape[1], dec["blocks.input.w"].shape[0]
     n_hid = enc["blocks.input.w"].shape[0]
     n_blk = sum(1 for key in enc if key.startswith("blocks.group_1.") and key.endswith("res_path.conv_1.w"))

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import io
 import os
+import pickle
 import platform
 import random
 import tempfile
@@ -42,9 +43,11 @@ def seed_everything(seed: int = 0, deterministic: bool = True) -> torch.Generato
 
 def get_rng_state() -> dict[str, Any]:
     """Every random number generator's state, so a resumed run draws the same numbers."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (int, tuple of ints, None): plain values
+        # NumPy's state as a tensor and plain numbers, so the checkpoint loads with weights_only
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -54,8 +57,10 @@ def get_rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what ``get_rng_state`` captured."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -157,6 +162,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     or the new one, never a torn one: write a temp file beside it, fsync, rename, fsync dir."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a write that was killed
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         umask = os.umask(0)
@@ -195,6 +202,8 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module | None = 
     It records the model and optimizer state, the config (a dataclass is stored as a dict),
     the step, every RNG's state (so a resumed run continues exactly) and any ``extra``.
     """
+    if model is not None:
+        check_finite(model.state_dict(), f"saving {path}")
     state = {
         "format": "dalle_mini_impl.checkpoint/1",
         "config": _to_plain(config),
@@ -210,6 +219,34 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module | None = 
     return Path(path)
 
 
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain Python values only. A file
+    that asks to build any other object (a pickle can run code while it loads) is refused with
+    a ValueError before anything runs; so is a torn or foreign file."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        asks_for = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+        if asks_for:  # a pickle that names a function or class to call while loading
+            raise ValueError(f"{path} holds Python objects other than tensors and plain values, which could "
+                             "run code when loaded; it was not loaded. Use files written by dalle_mini_impl "
+                             f"(or convert this one where you trust it). It asks for: {asks_for[0]}") from None
+        raise ValueError(f"{path} is not a readable checkpoint (not a PyTorch file, or damaged); "
+                         "it may be from another program") from None
+    except Exception as exc:  # a torn or foreign file
+        raise ValueError(f"{path} is not a readable checkpoint ({exc}); "
+                         "it may be from another program or damaged") from exc
+
+
+def check_finite(state: dict, what: str) -> None:
+    """Raise a ValueError naming the first tensor of ``state`` with a NaN or an infinity."""
+    for name, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{what}: {name} holds NaN or infinite values; not written (the run diverged: "
+                             "lower --lr, or resume from the last good resume.pt)")
+
+
 def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None, restore_rng: bool = False,
                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -218,11 +255,7 @@ def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module | None = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: check the path, or train first")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # a torn or foreign file
-        raise ValueError(f"{path} is not a readable checkpoint ({exc}); "
-                         "it may be from another program or damaged") from exc
+    state = safe_load(path, map_location)
     if not isinstance(state, dict) or state.get("format", "").split("/")[0] != "dalle_mini_impl.checkpoint":
         raise ValueError(f"{path} was not written by dalle_mini_impl.save_checkpoint")
     if model is not None:

@@ -41,7 +41,9 @@ def test_from_openai_accepts_pickled_files(tmp_path):
     dec = dall_e.Decoder(n_hid=64, n_init=32, vocab_size=512)
     torch.save(enc, tmp_path / "encoder.pkl")  # the released files are pickled modules
     torch.save(dec, tmp_path / "decoder.pkl")
-    model = from_openai(str(tmp_path / "encoder.pkl"), str(tmp_path / "decoder.pkl"))
+    with pytest.raises(ValueError, match="trust_pickle=True"):
+        from_openai(str(tmp_path / "encoder.pkl"), str(tmp_path / "decoder.pkl"))
+    model = from_openai(str(tmp_path / "encoder.pkl"), str(tmp_path / "decoder.pkl"), trust_pickle=True)
     assert model.config.n_codes == 512 and model.config.codebook_dim == 32 and model.config.n_hid == 64
     x = torch.rand(1, 3, 16, 16)
     with torch.no_grad():

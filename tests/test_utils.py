@@ -114,3 +114,79 @@ def test_killed_process_leaves_old_file(tmp_path):
     assert proc.returncode == 137
     assert path.read_bytes() == before
     assert load_checkpoint(path)["step"] == 1
+
+
+class _RunsCode:
+    """Unpickling this runs ``touch MARKER``: what a hostile checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _plant(path, marker, **fields):
+    torch.save({"format": "dalle_mini_impl.checkpoint/1", "config": {}, "step": 0, "model": {},
+                "optimizer": None, "rng": None, "extra": {"x": _RunsCode(marker)}, **fields}, path)
+
+
+def test_no_file_a_user_is_handed_can_run_code(tmp_path):
+    """A pickle that would run a command, planted in each file the package loads: nothing runs,
+    and each loader says why it refused."""
+    import shutil
+
+    from dalle_mini_impl.clip import load_clip
+    from dalle_mini_impl.dalle import DALLE
+    from dalle_mini_impl.dvae import DiscreteVAE
+    from dalle_mini_impl.judge import load_judge
+    from dalle_mini_impl.training.dalle import pretokenise
+
+    marker = tmp_path / "ran"
+    root = utils.data_dir()
+    cases = {}
+    for name in ("dvae.pt", "prior.pt"):  # a downloaded model folder with one hostile file
+        folder = tmp_path / f"model_{name}"
+        shutil.copytree(root / "dalle_shapes_toy", folder)
+        _plant(folder / name, marker)
+        cases[f"DALLE.load ({name})"] = lambda folder=folder: DALLE.load(folder)
+    for name, loader in (("dvae", DiscreteVAE.load), ("clip", load_clip), ("judge", load_judge),
+                         ("resume", lambda p: utils.load_checkpoint(p, restore_rng=True))):
+        path = tmp_path / f"{name}.pt"
+        _plant(path, marker)
+        cases[name] = lambda loader=loader, path=path: loader(path)
+    cache = tmp_path / "tokens.pt"
+    torch.save({"key": _RunsCode(marker)}, cache)
+    cases["tokens.pt"] = lambda: pretokenise(None, None, None, cache, {})
+    for what, load in cases.items():
+        with pytest.raises(ValueError, match="could run code"):
+            load()
+        assert not marker.exists(), f"{what} ran the planted command"
+
+
+def test_stale_temp_files_go_at_the_next_save(tmp_path):
+    target = tmp_path / "resume.pt"
+    (tmp_path / ".resume.pt.abc123.tmp").write_bytes(b"x" * 100)  # left by a kill during a write
+    save_checkpoint(target, model=torch.nn.Linear(2, 2), step=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["resume.pt"]
+
+
+def test_nonfinite_weights_are_never_written(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="weight holds NaN"):
+        save_checkpoint(tmp_path / "bad.pt", model=model)
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+    seed_everything(5)
+    save_checkpoint(tmp_path / "r.pt", model=torch.nn.Linear(2, 2))
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    seed_everything(9)
+    utils.load_checkpoint(tmp_path / "r.pt", restore_rng=True)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
