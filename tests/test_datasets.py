@@ -147,8 +147,9 @@ def test_folder_good_and_every_bad_case(tmp_path):
     reasons = {p.name: why for p, why in ds.skipped}
     assert set(reasons) >= {"nocaption.png", "emptycap.png", "zero.png", "fake.png", "trunc.png",
                             "notes.csv", "full.png"}
-    text = " ".join(str(w.message) for w in record)
-    assert "skipped 6 unusable" in text and "nocaption.png" in text
+    assert len(record) == 1  # one warning that counts everything
+    text = str(record[0].message)
+    assert "skipped 7 unusable" in text and "notes.csv" in text and "nocaption.png" in text
     img, cap, attrs = ds[0]
     assert img.shape == (3, 16, 16) and 0 <= img.min() <= img.max() <= 1
 
@@ -198,3 +199,73 @@ def test_collate_for_dataloader():
     loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate)
     images, captions, attrs = next(iter(loader))
     assert images.shape == (4, 3, 32, 32) and len(captions) == 4 and len(attrs) == 4
+
+
+# ------------------------------------------------------------------ decoding that is right, not just readable
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (20, 10), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 10, 10))  # blue left half, red right half, stored sideways:
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    img.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    (tmp_path / "phone.txt").write_text("a photo")
+    ds = FolderDataset(tmp_path, image_size=8)
+    x = ds.images[0].float()  # (3, 8, 8), displayed upright: blue on top, red below
+    assert x[2, :3].mean() > 200 and x[0, -3:].mean() > 200
+
+
+def test_16_bit_float_and_transparent_images_are_scaled_not_clipped(tmp_path):
+    import numpy as np
+    Image.fromarray(np.full((16, 16), 32768, dtype=np.uint16)).save(tmp_path / "mid16.png")
+    Image.fromarray(np.full((16, 16), 0.25, dtype=np.float32), mode="F").save(tmp_path / "quarter.tif")
+    Image.new("RGBA", (16, 16), (255, 0, 0, 0)).save(tmp_path / "clear.png")  # fully transparent red
+    for name in ("mid16", "quarter", "clear"):
+        (tmp_path / f"{name}.txt").write_text(name)
+    ds = FolderDataset(tmp_path, image_size=16)
+    got = {cap: ds.images[i].float().mean().item() for i, cap in enumerate(ds.captions)}
+    assert abs(got["mid16"] - 128) <= 1 and abs(got["quarter"] - 64) <= 1
+    assert got["clear"] == 255  # composited onto white, the default
+    black = FolderDataset(tmp_path, image_size=16, background="black")
+    assert black.images[black.captions.index("clear")].max() == 0
+    with pytest.raises(ValueError, match="background"):
+        FolderDataset(tmp_path, image_size=16, background="pink")
+
+
+def test_non_utf8_captions_are_counted(tmp_path):
+    _write_png(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    with pytest.warns(UserWarning, match="1 caption.*not valid UTF-8"):
+        ds = FolderDataset(tmp_path, image_size=8)
+    assert ds.captions == ["caf\ufffd au lait"]
+
+
+def _coco(tmp_path, images, annotations):
+    _write_png(tmp_path / "a.png")
+    _write_png(tmp_path / "b.png", (0, 255, 0))
+    path = tmp_path / "caps.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return path
+
+
+def test_coco_refuses_what_would_pair_captions_wrongly(tmp_path):
+    dup = _coco(tmp_path, [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "b.png"}],
+                [{"image_id": 1, "caption": "x"}])
+    with pytest.raises(ValueError, match="image id 1 is listed twice"):
+        CocoCaptionsDataset(dup)
+    for images, anns, what in (([{"id": 1, "file_name": None}], [], "images\\[0\\]"),
+                               ([{"id": 1, "file_name": "a.png"}], ["a caption"], "annotations\\[0\\]"),
+                               ({"id": 1}, [], "COCO-style")):
+        with pytest.raises(ValueError, match=what):
+            CocoCaptionsDataset(_coco(tmp_path, images, anns))
+
+
+def test_coco_counts_orphans_and_bad_text_in_one_warning(tmp_path):
+    path = _coco(tmp_path, [{"id": 1, "file_name": "a.png"}],
+                 [{"image_id": 1, "caption": "fine"}, {"image_id": 1, "caption": "odd \ud800 text"},
+                  {"image_id": 7, "caption": "no such image"}])
+    with pytest.warns(UserWarning) as record:
+        ds = CocoCaptionsDataset(path, image_size=8)
+    assert len(record) == 1
+    assert "1 caption(s) of image ids not in 'images'" in str(record[0].message)
+    assert "not valid UTF-8" in str(record[0].message)
+    assert len(ds) == 2 and all(c.encode("utf-8") for c in ds.captions)
