@@ -50,5 +50,5 @@ for r in range(1, rounds + 1):
 print(f"\n{'ratio (> 1: ours faster)':58s} " + " ".join(f"round {r:<3d}" for r in range(1, rounds + 1)) + "   min-max")
 for k, vs in rows.items():
     print(f"{k:58s} " + " ".join(f"{v:9.2f}" for v in vs) + f"   {min(vs):.2f}-{max(vs):.2f}")
-print("targets (issue 8): training >= 1.5x, generating 16 images >= 5x")
+print("targets: training >= 1.5x, generating 16 images >= 5x")
 EOF

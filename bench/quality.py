@@ -5,7 +5,7 @@ captions of training colour-shape combinations and ``--n`` captions of the held-
 combinations (never seen in training: zero-shot composition), samples with top-k, and
 asks the shapes judge (``data/judge_shapes.pt``) to read each image back. Caption accuracy
 is the share of images whose every captioned attribute (shape, colour, size, position) the
-judge reads correctly. Targets (issue 8): >= 0.90 on training combinations, >= 0.60 held out.
+judge reads correctly. Targets: >= 0.90 on training combinations, >= 0.60 held out.
 
     .venv/bin/python bench/quality.py [--model data/dalle_shapes_toy] [--n 500] [--top-k 32]
 """
@@ -30,7 +30,7 @@ def judged_accuracy(model: DALLE, judge, captions: list[str], top_k: int | None,
                     seed: int = 0, batch_size: int = 256) -> tuple[float, torch.Tensor, torch.Tensor]:
     """(caption accuracy, images, per-image match) for one image per caption."""
     images = model.generate(captions, n=1, top_k=top_k, temperature=temperature, seed=seed,
-                            bf16=True, batch_size=batch_size)
+                            batch_size=batch_size)
     ok = caption_matches(judge, images, captions)
     return ok.float().mean().item(), images, ok
 

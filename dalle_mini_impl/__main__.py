@@ -17,10 +17,12 @@ import torch
 
 from .dalle import DALLE
 from .precision import PRECISION_CHOICES
+from .training.common import positive_int
 from .utils import data_dir, get_device
 from .viz import save_image_grid
 
 DEFAULT_MODEL = "dalle_shapes_toy"  # under data/
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="captions -> a PNG grid of generated images")
     g.add_argument("captions", nargs="+", help="one or more captions (quote each one)")
-    g.add_argument("--n", type=int, default=8, help="images per caption")
+    g.add_argument("--n", type=positive_int, default=8, help="images per caption")
     g.add_argument("--out", default="outputs/generated.png", help="PNG file to write")
     g.add_argument("--model", default=None, help=f"model directory (default: data/{DEFAULT_MODEL})")
     g.add_argument("--temperature", type=float, default=1.0)
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
-    g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--threads", type=positive_int, default=None)
     g.add_argument("--precision", choices=list(PRECISION_CHOICES), default=None,
                    help="default: $DALLE_PRECISION, else auto (bf16 where the device computes it "
                         "natively, else float32)")
@@ -48,15 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
 def generate_command(args: argparse.Namespace) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.n < 1:
-        raise SystemExit("error: --n must be at least 1")
+    out = Path(args.out)
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"--out {out}: give an image file name ending in one of {', '.join(IMAGE_SUFFIXES)}, "
+                         "e.g. outputs/grid.png")
     model_dir = Path(args.model) if args.model else data_dir() / DEFAULT_MODEL
     t = time.perf_counter()
     model = DALLE.load(model_dir, device=get_device(args.device))
     images = model.generate(args.captions, n=args.n, temperature=args.temperature,
                             top_k=args.top_k or None, top_p=args.top_p, seed=args.seed,
-                            precision=args.precision)
-    out = Path(args.out)
+                            precision=args.precision, progress=len(args.captions) * args.n > 64)
     save_image_grid(images, out, nrow=args.n, upscale=args.upscale)
     print(f"wrote {out}: {len(args.captions)} caption(s) x {args.n} images in "
           f"{time.perf_counter() - t:.1f} s ({model_dir.name}, {model.device.type})")

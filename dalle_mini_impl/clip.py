@@ -304,11 +304,17 @@ def train_clip(steps: int = 1500, n_train: int = 30_000, batch_size: int = 256, 
                n_objects: tuple[int, ...] = (1, 2), precision: "Precision | str | None" = None,
                device: str | torch.device = "cpu",
                log: Callable[[dict], None] | None = None, log_every: int = 100,
-               start_model: CLIP | None = None) -> CLIP:
+               start_model: CLIP | None = None, resume: dict | None = None,
+               at_boundary: Callable[[int, Callable[[], dict]], bool] | None = None) -> CLIP:
     """Train a CLIP on shapes pairs with AdamW and a one-cycle step size (the training
     command's ``clip`` subcommand calls this). Deterministic for a given seed and device.
     ``precision``: a ``precision.Precision``, a name, or None for the package's policy (bf16
-    where the device computes it natively, else float32)."""
+    where the device computes it natively, else float32).
+
+    For the training command: ``at_boundary(step, snapshot)`` is called before every update
+    and after the last; ``snapshot()`` gives the whole state (model, optimizer, schedule, data
+    RNG, step) and a True return stops the loop there. ``resume`` (such a snapshot) continues
+    exactly where it was taken."""
     device = torch.device(device)
     prec = as_precision(precision, device)
     g = seed_everything(seed)
@@ -319,9 +325,23 @@ def train_clip(steps: int = 1500, n_train: int = 30_000, batch_size: int = 256, 
     ids = model.tokenizer.encode(data.captions).to(device)  # (N, T)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        g.set_state(resume["generator"])
+        start = resume["step"]
+
+    def snapshot(step: int) -> dict:
+        return {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "generator": g.get_state()}
+
     t0 = time.perf_counter()
     model.train()
-    for step in range(steps):
+    for step in range(start, steps):
+        if at_boundary is not None and at_boundary(step, lambda: snapshot(step)):
+            return model.eval()
         idx = torch.randint(0, n_train, (batch_size,), generator=g).to(device)
         with prec.autocast():
             loss = model.loss(images[idx], ids[idx])
@@ -332,7 +352,9 @@ def train_clip(steps: int = 1500, n_train: int = 30_000, batch_size: int = 256, 
         sched.step()
         if log is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
             log({"step": step + 1, "loss": loss.item(), "temperature": float(1 / model.logit_scale.detach().exp()),
-                 "pairs_per_s": (step + 1) * batch_size / (time.perf_counter() - t0)})
+                 "pairs_per_s": (step + 1 - start) * batch_size / (time.perf_counter() - t0)})
+    if at_boundary is not None:
+        at_boundary(steps, lambda: snapshot(steps))
     return model.eval()
 
 

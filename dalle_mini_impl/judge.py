@@ -10,9 +10,9 @@ captioned attribute the judge reads back correctly.
 Two objects are read in canonical order (the left or upper object first; see
 ``datasets.canonical``), so "A left of B" and "B right of A" are the same scene.
 
-Train the shipped judge with::
-
-    python -m dalle_mini_impl.training judge --out data/judge_shapes.pt
+Train a judge with ``python -m dalle_mini_impl.training judge --out runs/judge_shapes.pt`` (the
+shipped ``data/judge_shapes.pt`` was made so; regenerating it needs ``--overwrite-shipped``);
+measure the shipped one with ``python bench/judge.py``.
 """
 from __future__ import annotations
 

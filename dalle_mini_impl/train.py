@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import sys
 
-from .training.__main__ import main as _main
+from .training import __main__ as _training
+
+NOTE = ("note: `python -m dalle_mini_impl.train` is deprecated and will be removed in the next release; "
+        "use `python -m dalle_mini_impl.training` (same subcommands and options)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("note: `python -m dalle_mini_impl.train` is deprecated and will be removed in the next "
-          "release; use `python -m dalle_mini_impl.training` (same subcommands and options)",
-          file=sys.stderr)
-    return _main(argv)
+    print(NOTE, file=sys.stderr)
+    return _training.main(argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    print(NOTE, file=sys.stderr)
+    raise SystemExit(_training.cli())

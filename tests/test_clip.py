@@ -117,6 +117,25 @@ def test_training_command_writes_checkpoint_and_metrics(tmp_path):
         main(["clip", "--steps", "3", "--out", str(out), "--split", "nope"])
 
 
+def test_training_command_resumes_exactly(tmp_path):
+    """``clip --stop-after 2`` then ``--resume`` ends with the uninterrupted run's weights;
+    a different seed is refused."""
+    tiny = ["clip", "--steps", "4", "--n-train", "256", "--batch-size", "32", "--n-eval", "64", "--width", "8",
+            "--d-text", "32", "--embed-dim", "16", "--text-layers", "1", "--log-every", "1", "--ckpt-every", "1"]
+    main(tiny + ["--out", str(tmp_path / "full")])
+    main(tiny + ["--out", str(tmp_path / "part"), "--stop-after", "2"])
+    assert torch.load(tmp_path / "part" / "resume.pt", weights_only=True)["step"] == 2
+    with pytest.raises(ValueError, match="--seed"):
+        main(tiny + ["--out", str(tmp_path / "part"), "--resume", "--seed", "3"])
+    main(tiny + ["--out", str(tmp_path / "part"), "--resume"])
+    a = torch.load(tmp_path / "full" / "clip.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "part" / "clip.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    logs = [[json.loads(line)["loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("full", "part")]
+    assert logs[0] == logs[1] and len(logs[0]) == 4
+
+
 def test_zero_shot_accepts_precomputed_embeddings(model):
     x = torch.rand(5, 3, 32, 32)
     p = shapes_prompts("shape")

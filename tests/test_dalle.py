@@ -165,3 +165,7 @@ def test_generate_cli(tmp_path, model):
     with Image.open(out) as im:
         assert im.size == (4 * (2 * 16 + 3), 4 * (2 * 16 + 3))
     assert main(["generate", "", "--model", str(tmp_path / "m"), "--out", str(out)]) == 2
+    assert main(["generate", CAPTIONS[0], "--model", str(tmp_path / "m"), "--out", str(tmp_path)]) == 2  # a folder
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", CAPTIONS[0], "--n", "0"])
+    assert exc.value.code == 2

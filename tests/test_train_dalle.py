@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ import torch
 from dalle_mini_impl.dalle import DALLE
 from dalle_mini_impl.datasets import load_pairs
 from dalle_mini_impl.dvae import DiscreteVAE, DVAEConfig
+from dalle_mini_impl.precision import Precision
 from dalle_mini_impl.training import dalle as training_dalle
 from dalle_mini_impl.training.__main__ import main
 from dalle_mini_impl.training.dalle import DalleSettings, make_optimizer, micro_batches, train_dalle
@@ -51,14 +56,51 @@ def _with_dataset(args, spec):
 
 
 def _final_weights(out):
-    return torch.load(Path(out) / "resume.pt", weights_only=False)["model"]
+    return torch.load(Path(out) / "resume.pt", weights_only=True)["model"]
 
 
 def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, dvae_file, monkeypatch):
     full = tmp_path / "full"
     main(_train_args(tmp_path, dvae_file, full, "--ema", "0.9"))
-    # the same run, interrupted (Ctrl-C) during step 4: it saves resume.pt at step 3 and exits
+    # the same run, sent Ctrl-C at the worst moment: right after the optimizer step of update 4.
+    # The step finishes, resume.pt is saved labelled 4 holding exactly 4 updates, and it exits 130
     part = tmp_path / "part"
+    calls = {"n": 0}
+    real_step = Precision.step
+
+    def step_then_sigint(self, *a, **k):
+        applied = real_step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return applied
+
+    monkeypatch.setattr(Precision, "step", step_then_sigint)
+    with pytest.raises(SystemExit) as exc:
+        main(_train_args(tmp_path, dvae_file, part, "--ema", "0.9"))
+    assert exc.value.code == 130
+    assert torch.load(part / "resume.pt", weights_only=True)["step"] == 4
+    monkeypatch.setattr(Precision, "step", real_step)
+    main(_train_args(tmp_path, dvae_file, part, "--ema", "0.9", "--resume"))
+    a, b = _final_weights(full), _final_weights(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ema_a = torch.load(full / "resume.pt", weights_only=True)["extra"]["ema"]
+    ema_b = torch.load(part / "resume.pt", weights_only=True)["extra"]["ema"]
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    # the logged losses of the resumed steps are the uninterrupted run's, each step once
+    la = [json.loads(l)["loss"] for l in (full / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(l)["loss"] for l in (part / "metrics.jsonl").read_text().splitlines()]
+    assert la == lb
+    # and the saved system loads and samples
+    m = DALLE.load(full)
+    assert m.generate(CAPTIONS[:1], n=1, seed=0).shape == (1, 3, 16, 16)
+
+
+def test_an_exception_inside_a_step_keeps_the_last_checkpoint(tmp_path, dvae_file, monkeypatch):
+    """A KeyboardInterrupt raised inside a step (a second Ctrl-C) leaves resume.pt at the last
+    checkpoint instead of saving a half-done step."""
     calls = {"n": 0}
     real_loss = training_dalle.dalle_loss
 
@@ -69,26 +111,72 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, dvae_file, mo
         return real_loss(*a, **k)
 
     monkeypatch.setattr(training_dalle, "dalle_loss", flaky_loss)
+    with pytest.raises(SystemExit):
+        main(_train_args(tmp_path, dvae_file, tmp_path / "p"))  # --ckpt-every 2
+    assert torch.load(tmp_path / "p" / "resume.pt", weights_only=True)["step"] == 2
+
+
+def test_resume_refuses_a_different_run_and_allows_harmless_changes(tmp_path, dvae_file, capsys):
+    out = tmp_path / "r"
+    main(_train_args(tmp_path, dvae_file, out, "--stop-after", "2"))
+    with pytest.raises(ValueError, match=r"--lr: None in resume.pt, 0.01 now; --seed: 0 in resume.pt, 1 now"):
+        main(_train_args(tmp_path, dvae_file, out, "--resume", "--seed", "1", "--lr", "0.01"))
+    with pytest.raises(ValueError, match="--d-model: 32 in resume.pt, 48 now"):
+        main([a if a != "32" else "48" for a in _train_args(tmp_path, dvae_file, out, "--resume")])
+    with pytest.raises(ValueError, match="training data"):
+        main(_with_dataset(_train_args(tmp_path, dvae_file, out, "--resume"), "digits"))
+    main(_train_args(tmp_path, dvae_file, out, "--resume", "--log-every", "2", "--steps", "8"))
+    text = capsys.readouterr().out
+    assert "--log-every 1 -> 2" in text and "the run is extended" in text
+    assert json.loads((out / "metrics.json").read_text())["step"] == 8
+
+
+def test_token_cache_follows_the_files(tmp_path, dvae_file):
+    """Editing a caption or repainting an image rebuilds the token cache, and --resume refuses
+    the changed data."""
+    folder = tmp_path / "data"
+    shutil.copytree(ROOT / "data" / "sample_folder", folder)
+    args = _with_dataset(_train_args(tmp_path, dvae_file, tmp_path / "o", "--steps", "2", "--batch-size", "2",
+                                     "--stop-after", "1"), f"folder:{folder}")
+    main(args)
+    key = torch.load(tmp_path / "o" / "tokens.pt", weights_only=True)["key"]
+    caption = sorted(folder.glob("*.txt"))[0]
+    caption.write_text("a completely different caption\n")
+    with pytest.raises(ValueError, match="training data"):
+        main(args + ["--resume"])
+    main(args)  # a fresh run on the new data: the cache is rebuilt
+    assert torch.load(tmp_path / "o" / "tokens.pt", weights_only=True)["key"]["data"] != key["data"]
+
+
+def test_nonfinite_updates_never_reach_the_weights(tmp_path, dvae_file):
+    """A learning rate that makes the loss NaN: every such update is skipped (the weights stay
+    finite), the run stops with a message after --max-nonfinite in a row, and what is on disk
+    is finite."""
+    out = tmp_path / "nan"
+    with pytest.raises(SystemExit, match="inf or NaN"):
+        main(_train_args(tmp_path, dvae_file, out, "--lr", "1e12", "--max-nonfinite", "2", "--steps", "20",
+                         "--warmup", "1"))
+    state = torch.load(out / "resume.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["skipped"] >= 1
+
+
+@pytest.mark.parametrize("flag,value", [("--steps", "0"), ("--steps", "-5"), ("--batch-size", "0"),
+                                        ("--stop-after", "0"), ("--clip", "-1"), ("--ema", "1.5"),
+                                        ("--ckpt-every", "0"), ("--log-every", "0"), ("--lr", "nan")])
+def test_bad_flags_are_refused_before_any_work(tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as exc:
-        main(_train_args(tmp_path, dvae_file, part, "--ema", "0.9"))
-    assert exc.value.code == 130
-    assert torch.load(part / "resume.pt", weights_only=False)["step"] == 3
-    monkeypatch.setattr(training_dalle, "dalle_loss", real_loss)
-    main(_train_args(tmp_path, dvae_file, part, "--ema", "0.9", "--resume"))
-    a, b = _final_weights(full), _final_weights(part)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    ema_a = torch.load(full / "resume.pt", weights_only=False)["extra"]["ema"]
-    ema_b = torch.load(part / "resume.pt", weights_only=False)["extra"]["ema"]
-    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
-    # the logged losses of the resumed steps are the uninterrupted run's
-    la = [json.loads(l)["loss"] for l in (full / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(l)["loss"] for l in (part / "metrics.jsonl").read_text().splitlines()]
-    assert la == lb
-    # and the saved system loads and samples
-    m = DALLE.load(full)
-    assert m.generate(CAPTIONS[:1], n=1, seed=0).shape == (1, 3, 16, 16)
+        main(["dalle", "--out", str(tmp_path), flag, value])
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line_with_status_2(tmp_path, capsys):
+    from dalle_mini_impl.training.__main__ import cli
+    assert cli(["dalle", "--dvae", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no dVAE checkpoint") and err.count("\n") == 1
 
 
 def test_torchrun_two_processes_match_one_process(tmp_path, dvae_file):
@@ -182,7 +270,7 @@ def test_fsdp_matches_ddp_and_resumes_exactly(tmp_path):
                "-m", "dalle_mini_impl.training", "dalle", *args, "--out", str(tmp_path / out), *extra]
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        return torch.load(tmp_path / out / "resume.pt", weights_only=False)
+        return torch.load(tmp_path / out / "resume.pt", weights_only=True)
 
     ddp = torchrun("ddp")
     torchrun("fsdp", "--fsdp", "--stop-after", "2")
@@ -219,3 +307,43 @@ def test_old_entry_point_still_works_and_says_it_is_deprecated(tmp_path, dvae_fi
     from dalle_mini_impl import train
     assert train.main(_train_args(tmp_path, dvae_file, tmp_path / "old", "--steps", "1")) == 0
     assert "deprecated" in capsys.readouterr().err
+
+
+def test_killed_runs_resume_to_the_uninterrupted_weights(tmp_path, dvae_file):
+    """Fault injection: SIGKILL ``training dalle`` at random moments while it trains and
+    checkpoints every step (8 kills; a kill may land inside a checkpoint write), resume each
+    time; the final weights and the log equal the uninterrupted run's."""
+    steps = 60
+    full, part = tmp_path / "full", tmp_path / "killed"
+    extra = ("--steps", str(steps), "--ckpt-every", "1")
+    main(_train_args(tmp_path, dvae_file, full, *extra))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    rng = random.Random(0)
+    kills = 0
+    while not (part / "metrics.json").is_file():
+        cmd = [sys.executable, "-m", "dalle_mini_impl.training", *_train_args(tmp_path, dvae_file, part, *extra)]
+        if (part / "resume.pt").is_file():
+            cmd.append("--resume")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log = part / "metrics.jsonl"
+        if kills < 8:
+            done = len(log.read_text().splitlines()) if log.is_file() else 0
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline:  # until it has trained a few steps
+                if log.is_file() and len(log.read_text().splitlines()) >= done + 2:
+                    break
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, 0.05))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode in (0, -signal.SIGKILL), err.decode()[-2000:]
+    assert kills == 8
+    a, b = _final_weights(full), _final_weights(part)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    la = [json.loads(line)["loss"] for line in (full / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(line)["loss"] for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert la == lb and len(la) == steps
+    assert not list(part.glob(".*.tmp"))  # no temp file left by a kill inside a write

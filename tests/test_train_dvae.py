@@ -33,8 +33,8 @@ def test_dvae_resume_continues_the_same_run(tmp_path):
     main(["dvae", "--steps", "4", "--stop-after", "2", "--out", str(part), *TINY])
     assert not (part / "dvae.pt").exists() and (part / "resume.pt").exists()
     main(["dvae", "--steps", "4", "--out", str(part), "--resume", *TINY])
-    a = torch.load(full / "dvae.pt", weights_only=False)["model"]
-    b = torch.load(part / "dvae.pt", weights_only=False)["model"]
+    a = torch.load(full / "dvae.pt", weights_only=True)["model"]
+    b = torch.load(part / "dvae.pt", weights_only=True)["model"]
     for k in a:  # interrupted + resumed == uninterrupted, exactly
         assert torch.equal(a[k], b[k]), k
     steps = [json.loads(l)["step"] for l in (part / "metrics.jsonl").read_text().splitlines()]
@@ -54,8 +54,8 @@ def test_decoder_stage_keeps_the_tokens_and_resumes_exactly(tmp_path):
     one, two, part = tmp_path / "one", tmp_path / "two", tmp_path / "part"
     main(["dvae", "--steps", "3", "--out", str(one), *TINY])
     main(["dvae", "--steps", "3", "--decoder-steps", "3", "--out", str(two), *TINY])
-    a = torch.load(one / "dvae.pt", weights_only=False)["model"]
-    b = torch.load(two / "dvae.pt", weights_only=False)["model"]
+    a = torch.load(one / "dvae.pt", weights_only=True)["model"]
+    b = torch.load(two / "dvae.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
     lines = [json.loads(l) for l in (two / "metrics.jsonl").read_text().splitlines()]
@@ -64,11 +64,12 @@ def test_decoder_stage_keeps_the_tokens_and_resumes_exactly(tmp_path):
 
     main(["dvae", "--steps", "3", "--decoder-steps", "3", "--stop-after", "4", "--out", str(part), *TINY])
     main(["dvae", "--steps", "3", "--decoder-steps", "3", "--resume", "--out", str(part), *TINY])
-    c = torch.load(part / "dvae.pt", weights_only=False)["model"]
+    c = torch.load(part / "dvae.pt", weights_only=True)["model"]
     for k in b:
         assert torch.equal(b[k], c[k]), k
-    with pytest.raises(ValueError, match="--decoder-steps must be >= 0"):
+    with pytest.raises(SystemExit) as exc:  # argparse: "error: argument --decoder-steps: must be ... >= 0"
         main(["dvae", "--steps", "1", "--decoder-steps", "-1", "--out", str(tmp_path / "bad"), *TINY])
+    assert exc.value.code == 2
 
 
 def test_folder_dataset_keeps_its_last_images_for_evaluation(tmp_path):
@@ -101,3 +102,48 @@ def test_precision_flag_and_the_deprecated_bf16_alias(capsys):
     assert "--bf16 is deprecated" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["dvae", "--steps", "1", "--out", "x", "--precision", "fp8"])
+
+
+def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tmp_path, monkeypatch):
+    """SIGINT right after update 3 (the worst moment): the update finishes, resume.pt holds
+    exactly 3 updates, the command exits 130, and --resume ends where the uninterrupted run did."""
+    import os
+    import signal
+
+    from dalle_mini_impl.training import dvae as training_dvae
+    full, part = tmp_path / "full", tmp_path / "part"
+    main(["dvae", "--steps", "5", "--out", str(full), *TINY])
+    real, calls = training_dvae.train_step, {"n": 0}
+
+    def step_then_sigint(*a, **k):
+        rec = real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return rec
+
+    monkeypatch.setattr(training_dvae, "train_step", step_then_sigint)
+    with pytest.raises(SystemExit) as exc:
+        main(["dvae", "--steps", "5", "--out", str(part), *TINY])
+    assert exc.value.code == 130
+    assert torch.load(part / "resume.pt", weights_only=True)["step"] == 3
+    monkeypatch.setattr(training_dvae, "train_step", real)
+    main(["dvae", "--steps", "5", "--out", str(part), "--resume", *TINY])
+    a = torch.load(full / "dvae.pt", weights_only=True)["model"]
+    b = torch.load(part / "dvae.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_other_options_and_data(tmp_path):
+    part = tmp_path / "p"
+    main(["dvae", "--steps", "4", "--stop-after", "2", "--out", str(part), *TINY])
+    with pytest.raises(ValueError, match="--beta: 6.6 in resume.pt, 1.0 now"):
+        main(["dvae", "--steps", "4", "--resume", "--beta", "1", "--out", str(part), *TINY])
+    with pytest.raises(ValueError, match="training images"):
+        main(["dvae", "--steps", "4", "--resume", "--dataset", "digits", "--out", str(part), *TINY])
+
+
+def test_the_shipped_models_are_not_overwritten_by_accident(tmp_path):
+    from dalle_mini_impl.utils import data_dir
+    with pytest.raises(ValueError, match="overwrite-shipped"):
+        main(["dvae", "--steps", "1", "--out", str(data_dir() / "dvae_shapes_toy"), *TINY])

@@ -3,7 +3,8 @@
     python -m dalle_mini_impl.training clip --dataset shapes --out runs/clip
 
 The loop is ``clip.train_clip`` (the lesson calls it too); this command adds the run folder,
-the log, the zero-shot and retrieval evaluation (``clip.evaluate_clip``) and the saved model.
+the log, checkpoints (``--ckpt-every``, ``--resume``, Ctrl-C saves first), the zero-shot and
+retrieval evaluation (``clip.evaluate_clip``) and the saved model.
 """
 from __future__ import annotations
 
@@ -15,28 +16,69 @@ from pathlib import Path
 
 from ..clip import CLIPConfig, evaluate_clip, save_clip, train_clip
 from ..presets import get_preset
-from ..utils import get_device
-from .common import RunLog, add_common_args, command_line, fresh_log, set_threads
+from ..utils import get_device, load_checkpoint, save_checkpoint
+from .common import (GracefulStop, RunLog, StateOf, add_common_args, check_resume, command_line, fresh_log,
+                     guard_shipped, plain_args, positive_int, set_threads, truncate_log)
+
+
+CLIP_MAY_CHANGE = frozenset({"log_every", "ckpt_every", "threads", "device", "precision", "overwrite_shipped"})
 
 
 def train_clip_command(args: argparse.Namespace) -> dict:
-    """Train the reranker on shapes pairs, then measure and save it."""
+    """Train the reranker on shapes pairs (resumable: ``--resume``; Ctrl-C saves first), then
+    measure and save it."""
     set_threads(args.threads)
     if not args.dataset.startswith("shapes"):
         raise ValueError("the clip command trains on the shapes dataset (its evaluation needs attributes)")
-    if args.resume:
-        raise ValueError("the clip command has no --resume (a run takes minutes): start it again")
     device = get_device(args.device)
     preset = get_preset(args.preset, device)
     cfg = CLIPConfig(image_size=args.image_size or preset.image_size, width=args.width,
                      d_text=args.d_text, embed_dim=args.embed_dim, text_layers=args.text_layers)
+    guard_shipped(args.out, args.overwrite_shipped)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(fresh_log(out, resume=False))
+    log = RunLog(fresh_log(out, args.resume))
+    resume_path = out / "resume.pt"
+    options = plain_args(args)
+    resume = None
+    if args.resume:
+        state = load_checkpoint(resume_path, restore_rng=True)
+        for note in check_resume(state["extra"].get("settings", {}), options, CLIP_MAY_CHANGE):
+            print(f"resume: {note}", flush=True)
+        resume = {"step": state["step"], "model": state["model"], "optimizer": state["optimizer"],
+                  **state["extra"]["loop"]}
+        truncate_log(log.path, state["step"])
+        print(f"resumed from step {state['step']}", flush=True)
+
+    def save(step: int, snapshot: dict) -> None:
+        save_checkpoint(resume_path, model=StateOf(snapshot["model"]), optimizer=StateOf(snapshot["optimizer"]),
+                        config=cfg, step=step,
+                        extra={"settings": options, "loop": {"scheduler": snapshot["scheduler"],
+                                                             "generator": snapshot["generator"]}})
+
     t0 = time.perf_counter()
-    model = train_clip(steps=args.steps, n_train=args.n_train, batch_size=args.batch_size or 256,
-                       lr=args.lr or 1e-3, seed=args.seed, config=cfg, split=args.split,
-                       precision=args.precision, device=device, log=log.write, log_every=args.log_every)
+    with GracefulStop() as interrupt:
+        stopped = {}
+
+        def at_boundary(step: int, snapshot) -> bool:
+            last_call = step == args.steps
+            if interrupt.requested or (args.stop_after and step - (resume or {}).get("step", 0) >= args.stop_after):
+                save(step, snapshot())
+                stopped["step"] = step
+                return True
+            if last_call or (step and step % args.ckpt_every == 0):
+                save(step, snapshot())
+            return False
+
+        model = train_clip(steps=args.steps, n_train=args.n_train, batch_size=args.batch_size or 256,
+                           lr=args.lr or 1e-3, seed=args.seed, config=cfg, split=args.split,
+                           precision=args.precision, device=device, log=log.write, log_every=args.log_every,
+                           resume=resume, at_boundary=at_boundary)
+    if stopped:
+        print(f"stopped at step {stopped['step']}: saved {resume_path}; continue with --resume", flush=True)
+        if interrupt.requested:
+            raise SystemExit(130)
+        return {"step": stopped["step"]}
     train_time = time.perf_counter() - t0
     metrics = evaluate_clip(model.cpu(), n=args.n_eval)
     metrics.update(steps=args.steps, train_seconds=round(train_time, 1), device=device.type,
@@ -45,19 +87,20 @@ def train_clip_command(args: argparse.Namespace) -> dict:
               extra={"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=2))
+    print(f"saved {out / 'clip.pt'}; load it with clip.load_clip({str(out)!r})")
     return metrics
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("clip", help="lesson 09: the contrastive reranker (small CLIP) on shapes")
     add_common_args(p)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--d-text", type=int, default=96)
-    p.add_argument("--text-layers", type=int, default=2)
-    p.add_argument("--embed-dim", type=int, default=96)
-    p.add_argument("--n-train", type=int, default=30_000)
-    p.add_argument("--n-eval", type=int, default=2_000, help="images per split for the zero-shot evaluation")
+    p.add_argument("--image-size", type=positive_int, default=None)
+    p.add_argument("--width", type=positive_int, default=16)
+    p.add_argument("--d-text", type=positive_int, default=96)
+    p.add_argument("--text-layers", type=positive_int, default=2)
+    p.add_argument("--embed-dim", type=positive_int, default=96)
+    p.add_argument("--n-train", type=positive_int, default=30_000)
+    p.add_argument("--n-eval", type=positive_int, default=2_000, help="images per split for the zero-shot evaluation")
     p.add_argument("--split", choices=["all", "train"], default="all",
                    help="all: every (colour, shape) pair, as the paper's CLIP saw its own data")
     p.set_defaults(func=train_clip_command)

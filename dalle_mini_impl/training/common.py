@@ -9,13 +9,17 @@ by ``utils.save_checkpoint``), ``metrics.jsonl`` (one line per logged step) and
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import torch
 
 from ..precision import PRECISION_CHOICES
+from ..utils import data_dir
 
 PROG = "python -m dalle_mini_impl.training"
 
@@ -78,26 +82,202 @@ def add_precision_args(p: argparse.ArgumentParser) -> None:
                    help="deprecated: use --precision bf16 / fp32")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    value = _number(text, float)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def decay(text: str) -> float:
+    """argparse type: an EMA decay in [0, 1) (0: off)."""
+    value = _number(text, float)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (e.g. 0.999; 0 turns it off), got {text}")
+    return value
+
+
+def _number(text: str, kind):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+
+
 def add_common_args(p: argparse.ArgumentParser, *, steps: int | None = None, out: str | None = None,
                     ckpt_every: int = 500, preset_help: str = "cpu, gpu16 or gpu80 (default: by device)") -> None:
     """The options every command has. ``steps`` / ``out``: their defaults (None: required)."""
     p.add_argument("--dataset", default="shapes", help="shapes, digits, folder:PATH or coco:JSON")
-    p.add_argument("--steps", type=int, required=steps is None, default=steps, help="optimizer updates in total")
+    p.add_argument("--steps", type=positive_int, required=steps is None, default=steps,
+                   help="optimizer updates in total" + (f" (default {steps})" if steps else ""))
     p.add_argument("--out", required=out is None, default=out, help="output folder (checkpoints and metrics)")
     p.add_argument("--preset", default=None, help=preset_help)
-    p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: the preset's")
+    p.add_argument("--lr", type=positive_float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     add_precision_args(p)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--ckpt-every", type=int, default=ckpt_every)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--log-every", type=positive_int, default=50)
+    p.add_argument("--ckpt-every", type=positive_int, default=ckpt_every)
     p.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt")
-    p.add_argument("--stop-after", type=int, default=None,
+    p.add_argument("--stop-after", type=positive_int, default=None,
                    help="stop after this many updates in this call (save resume.pt; continue with --resume)")
+    p.add_argument("--overwrite-shipped", action="store_true",
+                   help="allow --out inside the repository's data/ folder (regenerating a shipped model)")
+
+
+class StateOf:
+    """Gives ``save_checkpoint`` a ready state dict where it expects a module or optimizer."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
+
+
+def guard_shipped(out: str | Path, allowed: bool) -> None:
+    """Refuse to write into the repository's shipped ``data/`` (the lessons read it) unless
+    ``--overwrite-shipped`` says so."""
+    target = Path(out).expanduser().resolve()
+    shipped = data_dir().resolve()
+    if not allowed and (target == shipped or shipped in target.parents) and target.exists():
+        raise ValueError(f"--out {out} is inside the shipped data/ folder, which the lessons read: write to "
+                         "another folder (e.g. runs/...), or add --overwrite-shipped to regenerate the shipped file")
 
 
 def plain_args(args: argparse.Namespace) -> dict:
     """The parsed options as a plain dict (stored in resume.pt: no functions, nothing to run)."""
     return {k: v for k, v in vars(args).items() if k != "func"}
+
+
+# --------------------------------------------------------------------------- trust
+class GracefulStop:
+    """Ctrl-C (SIGINT) and SIGTERM (what a cluster sends before preemption) set a flag instead
+    of raising inside a step; the loop checks ``requested`` at step boundaries, saves and stops.
+    So a checkpoint labelled step n always holds exactly n updates. A second Ctrl-C while the
+    first is pending stops at once (``KeyboardInterrupt``), as a user who insists expects."""
+
+    def __init__(self):
+        self.requested = False
+        self._old: dict = {}
+
+    def _handler(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def agreed(self, world: int = 1) -> bool:
+        """Whether to stop now; under torchrun every rank must agree (one all-reduce)."""
+        if world < 2:
+            return self.requested
+        import torch.distributed as dist
+        flag = torch.tensor([float(self.requested)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+class NonFiniteGuard:
+    """Counts updates skipped because a loss or gradient was inf or NaN (``Precision.step``
+    skipped them: no weight changed) and stops the run after ``limit`` in a row."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row, self.total = limit, 0, 0
+
+    def update(self, applied: bool, step: int) -> None:
+        self.in_a_row = 0 if applied else self.in_a_row + 1
+        self.total += int(not applied)
+        if self.limit and self.in_a_row >= self.limit:
+            raise SystemExit(f"error: {self.in_a_row} updates in a row had an inf or NaN loss or gradient "
+                             f"(step {step}); none changed a weight, and the run stops here. Lower --lr, "
+                             "or check the data; resume.pt holds the last good state")
+
+
+def data_digest(images: torch.Tensor, captions: list[str] | None = None) -> str:
+    """A hash of the training data's content (pixels as 8-bit values, and the captions): a
+    repainted image or an edited caption changes it."""
+    h = hashlib.sha256()
+    h.update(str(tuple(images.shape)).encode())
+    for start in range(0, len(images), 4096):
+        h.update((images[start:start + 4096].float().clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes())
+    for c in captions or []:
+        h.update(c.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()[:20]
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def check_resume(saved: dict, now: dict, may_change: set[str], steps_key: str = "steps") -> list[str]:
+    """Compare the settings stored in resume.pt with this call's. Options that change the run
+    (data, seed, sizes, optimiser, schedule, precision) must be equal: a ValueError names each
+    difference. Those in ``may_change`` (intervals, threads, ...) may differ, and so may
+    ``steps_key`` (the run is extended or shortened). Returns one note per allowed difference."""
+    refused, notes = [], []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if _same(a, b) or key in ("resume", "stop_after", "out"):
+            continue
+        if key == steps_key and isinstance(a, int) and isinstance(b, int):
+            notes.append(f"--{key.replace('_', '-')} {a} -> {b}: the run is {'extended' if b > a else 'shortened'}; "
+                         "the step-size schedule changes from this step on")
+        elif key in may_change:
+            notes.append(f"--{key.replace('_', '-')} {a} -> {b}")
+        else:
+            refused.append(f"--{key.replace('_', '-')}: {a!r} in resume.pt, {b!r} now")
+    if refused:
+        raise ValueError("--resume continues the run saved in resume.pt, and these differ from it: "
+                         + "; ".join(refused) + ". Give the same options, or start a new run in another --out")
+    return notes
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the lines of ``metrics.jsonl`` logged after ``step`` (the run is resumed from there,
+    and will log those steps again)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))

@@ -35,7 +35,6 @@ import hashlib
 import io
 import json
 import math
-import signal
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -50,11 +49,14 @@ from ..dvae import TOY_CHECKPOINT, DiscreteVAE
 from ..precision import Precision, pick_precision
 from ..presets import Preset, get_preset
 from ..tokenizer import CaptionTokenizer, course_tokenizer
-from ..utils import atomic_write_bytes, data_dir, load_checkpoint, save_checkpoint, seed_everything
+from ..utils import (atomic_write_bytes, check_finite, data_dir, load_checkpoint, safe_load, save_checkpoint,
+                     seed_everything)
 from ..viz import save_image_grid
 from . import distributed as D
 from .accel import compile_blocks, make_adamw, token_batches
-from .common import RunLog, add_common_args, command_line, fresh_log, set_threads
+from .common import (GracefulStop, NonFiniteGuard, RunLog, StateOf, add_common_args, check_resume, command_line,
+                     data_digest, decay, file_digest, fresh_log, guard_shipped, nonnegative_float,
+                     nonnegative_int, positive_float, positive_int, set_threads, truncate_log)
 from .sizing import paper_report
 
 SHAPES_SAMPLE_CAPTIONS = [
@@ -107,6 +109,13 @@ class DalleSettings:
     resume: bool = False
     stop_after: int | None = None
     progress: bool = True
+    overwrite_shipped: bool = False
+    max_nonfinite: int = 10            # stop after this many skipped (inf/NaN) updates in a row
+
+    # may differ between a run and its --resume (the data and the dVAE are compared by content)
+    MAY_CHANGE = frozenset({"log_every", "sample_every", "ckpt_every", "threads", "progress", "workers",
+                            "compile", "device", "top_k", "save_fp16", "max_nonfinite", "precision",
+                            "dataset", "dvae"})
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "DalleSettings":
@@ -128,6 +137,7 @@ class Run:
     model: DALLE | None = None
     captions: list | None = None
     dvae_path: Path | None = None
+    data_key: dict | None = None
 
     @property
     def dataset_name(self) -> str:
@@ -173,6 +183,7 @@ def setup(s: DalleSettings) -> Run:
     batch = s.batch_size or preset.batch_size
     if batch % world:
         raise ValueError(f"--batch-size {batch} must be divisible by the number of processes ({world})")
+    guard_shipped(s.out, s.overwrite_shipped)
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(s.seed)
@@ -206,18 +217,15 @@ def build(run: Run) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- 3. pre-tokenise
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
 def pretokenise(model: DALLE, images: torch.Tensor, captions: list[str], cache: Path | None,
                 key: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Text ids (M, T) and dVAE image ids (M, N) of a dataset, computed once and cached in
-    ``cache`` under ``key`` (dataset, size, seed, dVAE digest): later runs and resumes read
-    the file instead of running the dVAE encoder again. The cache holds tensors and plain
-    values only and is read with ``weights_only=True``."""
+    ``cache`` under ``key`` (the data's content hash, the dVAE file's hash, the tokenizer):
+    later runs and resumes read the file instead of running the dVAE encoder again, and a
+    repainted image or an edited caption rebuilds it. The cache holds tensors and plain values
+    only and is read with ``weights_only=True``."""
     if cache is not None and cache.is_file():
-        state = torch.load(cache, map_location="cpu", weights_only=True)
+        state = safe_load(cache)
         if state.get("key") == key:
             return state["text"], state["image"]
     with warnings.catch_warnings():  # training captions longer than text_len are cut (and counted)
@@ -233,12 +241,15 @@ def pretokenise(model: DALLE, images: torch.Tensor, captions: list[str], cache: 
 
 def tokens_of(run: Run, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank 0 writes the token cache; the other ranks then read it."""
-    s, model = run.s, run.model
-    key = {"dataset": s.dataset, "n": len(images), "seed": s.seed, "objects": str(s.objects),
-           "image_size": model.image_size, "text_len": model.text_len, "dvae": _file_digest(run.dvae_path),
-           "tokenizer_vocab": model.tokenizer.n_text_tokens}
+    model = run.model
+    key = {"data": data_digest(images, run.captions), "n": len(images), "image_size": model.image_size,
+           "text_len": model.text_len, "dvae": file_digest(run.dvae_path),
+           "tokenizer": hashlib.sha256(model.tokenizer.hf.to_str().encode()).hexdigest()[:16]}
+    run.data_key = key
     cache = run.out / "tokens.pt"
     if run.rank == 0:
+        if not (cache.is_file() and safe_load(cache).get("key") == key):
+            print(f"pre-tokenising {len(images):,} images with the dVAE (once; cached in {cache}) ...", flush=True)
         text_ids, image_ids = pretokenise(model, images, run.captions, cache, key)
     D.barrier(run.world)
     if run.rank != 0:
@@ -263,6 +274,7 @@ class Trainer:
         if s.fsdp:
             D.check_fsdp(run.world, self.prec.name, s.ema, s.sample_every)
             D.shard(prior)
+        self.guard = NonFiniteGuard(s.max_nonfinite)
         self.lr = s.lr or run.preset.lr
         self.warmup = s.warmup if s.warmup is not None else min(run.preset.warmup, max(1, s.steps // 10))
         self.opt = make_optimizer(prior, self.lr, s.weight_decay, run.device)
@@ -274,12 +286,30 @@ class Trainer:
 
     def _resume(self) -> int:
         run, prior = self.run, self.run.model.prior
+        state = load_checkpoint(self.resume_path, map_location="cpu")
+        extra = state["extra"]
+        if "settings" in extra:
+            notes = check_resume(extra["settings"], asdict(run.s), DalleSettings.MAY_CHANGE)
+        else:
+            notes = ["resume.pt was written by an older version of the package: its options are not compared"]
+        if extra.get("data_key", run.data_key) != run.data_key:
+            raise ValueError("--resume: the training data, the dVAE or the tokenizer differ from those of the run "
+                             "in resume.pt (their content is hashed); train on the same files, or start a new run "
+                             "in another --out")
+        if extra.get("precision") not in (None, self.prec.name):
+            raise ValueError(f"--resume: the run trained in {extra['precision']}, this call would train in "
+                             f"{self.prec.name}; pass --precision {extra['precision']}")
         if run.s.fsdp:
             state = load_checkpoint(self.resume_path, restore_rng=True, map_location="cpu")
             D.load_full_state(prior, self.opt, state["model"], state["optimizer"])
         else:
             state = load_checkpoint(self.resume_path, model=prior, optimizer=self.opt, restore_rng=True,
                                     map_location=run.device)
+        self.guard.total = extra.get("skipped_total", 0)
+        if run.rank == 0:
+            for note in notes:
+                print(f"resume: {note}", flush=True)
+            truncate_log(run.out / "metrics.jsonl", state["step"])
         if self.ema is not None and state["extra"].get("ema") is not None:
             self.ema = {k: v.to(run.device) for k, v in state["extra"]["ema"].items()}
         if self.prec.scaler is not None and state["extra"].get("scaler"):
@@ -290,11 +320,14 @@ class Trainer:
 
     def save_resume(self, step: int) -> None:
         run, prior = self.run, self.run.model.prior
-        extra = {"ema": self.ema, "settings": asdict(run.s),
+        if self.ema is not None:
+            check_finite(self.ema, f"saving {self.resume_path} (EMA weights)")
+        extra = {"ema": self.ema, "settings": asdict(run.s), "data_key": run.data_key,
+                 "precision": self.prec.name, "skipped_total": self.guard.total,
                  "scaler": self.prec.scaler.state_dict() if self.prec.scaler else None}
         if run.s.fsdp:
             msd, osd = D.full_state(prior, self.opt)
-            model, opt = D.StateOf(msd), D.StateOf(osd)
+            model, opt = StateOf(msd), StateOf(osd)
         else:
             model, opt = prior, self.opt
         if run.rank == 0:
@@ -323,8 +356,9 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(prior.parameters(), s.clip)
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under --fsdp
             grad_norm = grad_norm.full_tensor()
-        self.prec.step(self.opt, grad_norm)
-        if self.ema is not None:
+        applied = self.prec.step(self.opt, grad_norm)
+        self.guard.update(applied, step + 1)
+        if self.ema is not None and applied:
             with torch.no_grad():
                 for k, v in prior.state_dict().items():
                     if v.is_floating_point():
@@ -333,7 +367,7 @@ class Trainer:
                         self.ema[k].copy_(v)
         return {"loss": losses["loss"].item(), "text_loss": losses["text"].item(),
                 "image_loss": losses["image"].item(), "lr": self.opt.param_groups[0]["lr"],
-                "grad_norm": float(grad_norm)}
+                "grad_norm": float(grad_norm), "skipped": self.guard.total}
 
 
 def with_weights(model: DALLE, ema: dict | None, fn):
@@ -348,9 +382,13 @@ def with_weights(model: DALLE, ema: dict | None, fn):
         model.prior.load_state_dict(current)
 
 
-def write_samples(run: Run, trainer: Trainer, step: int) -> None:
-    captions = SHAPES_SAMPLE_CAPTIONS if run.dataset_name == "shapes" else list(dict.fromkeys(run.captions))[:8]
-    model = run.model
+def write_samples(run: Run, trainer: Trainer, step: int, model: DALLE | None = None) -> None:
+    """A grid of one sample per caption into OUT/samples/ (``model``: default the run's)."""
+    model = model or run.model
+    captions = SHAPES_SAMPLE_CAPTIONS if run.dataset_name == "shapes" else \
+        [c for c in dict.fromkeys(run.captions) if len(model.tokenizer.tokens(c)) <= model.text_len][:8]
+    if not captions:  # every training caption is longer than the model reads
+        return
     images = with_weights(model, trainer.ema, lambda: model.generate(captions, 1, top_k=run.s.top_k, seed=0,
                                                                      precision=trainer.prec))
     save_image_grid(images, run.out / "samples" / f"step_{step:06d}.png", nrow=len(captions))
@@ -362,9 +400,6 @@ def run_loop(run: Run, trainer: Trainer, text_ids: torch.Tensor, image_ids: torc
     log = RunLog(fresh_log(run.out, s.resume) if run.rank == 0 else run.out / "metrics.jsonl", quiet=True)
     tokens_per_pair = run.model.text_len + run.model.grid ** 2
 
-    def on_term(signum, frame):  # SIGTERM (preemption) behaves like Ctrl-C: save, then stop
-        raise KeyboardInterrupt
-    old_term = signal.signal(signal.SIGTERM, on_term) if run.rank == 0 or run.world == 1 else None
     start = trainer.start
     stop = min(s.steps, start + s.stop_after) if s.stop_after else s.steps
     bar = tqdm(total=s.steps, initial=start, disable=run.rank != 0 or not s.progress, desc="dalle",
@@ -375,32 +410,41 @@ def run_loop(run: Run, trainer: Trainer, text_ids: torch.Tensor, image_ids: torc
     batches = token_batches((text_ids, image_ids),
                             lambda i: D.batch_indices(len(text_ids), run.local_batch, i, s.seed, run.world, run.rank),
                             range(start, stop), run.device, workers=s.workers)
+    in_step = False
     try:
-        while step < stop:
-            text_all, img_all = next(batches)  # (b, T), (b, N)
-            record = trainer.step(step, text_all, img_all)
-            step += 1
-            seen += run.batch
-            elapsed = time.perf_counter() - t0
-            last = {"step": step, **record, "pairs_per_s": seen / elapsed,
-                    "tokens_per_s": seen * tokens_per_pair / elapsed, "elapsed_s": elapsed}
-            bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
-            if run.rank == 0 and (step % s.log_every == 0 or step == s.steps):
-                log.write(last)
-            if run.rank == 0 and s.sample_every and step % s.sample_every == 0:
-                write_samples(run, trainer, step)
-            if step % s.ckpt_every == 0 and step < s.steps:
-                trainer.save_resume(step)
+        with GracefulStop() as interrupt:
+            while step < stop:
+                if interrupt.agreed(run.world):  # Ctrl-C or SIGTERM: at a step boundary, save and stop
+                    raise KeyboardInterrupt
+                text_all, img_all = next(batches)  # (b, T), (b, N)
+                in_step = True
+                record = trainer.step(step, text_all, img_all)
+                step += 1
+                in_step = False
+                seen += run.batch
+                elapsed = time.perf_counter() - t0
+                last = {"step": step, **record, "pairs_per_s": seen / elapsed,
+                        "tokens_per_s": seen * tokens_per_pair / elapsed, "elapsed_s": elapsed}
+                bar.update(1)
+                bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                if run.rank == 0 and (step % s.log_every == 0 or step == s.steps):
+                    log.write(last)
+                if run.rank == 0 and s.sample_every and step % s.sample_every == 0:
+                    write_samples(run, trainer, step)
+                if step % s.ckpt_every == 0 and step < s.steps:
+                    trainer.save_resume(step)
     except KeyboardInterrupt:
         bar.close()
-        trainer.save_resume(step)
-        if run.rank == 0:
-            print(f"\ninterrupted at step {step}: saved {trainer.resume_path}; continue with --resume", flush=True)
+        if in_step:  # a second Ctrl-C inside a step: the weights may hold part of it; keep the last checkpoint
+            if run.rank == 0:
+                print(f"\nstopped inside step {step + 1}; {trainer.resume_path} holds the last checkpoint; "
+                      "continue with --resume", flush=True)
+        else:
+            trainer.save_resume(step)
+            if run.rank == 0:
+                print(f"\ninterrupted at step {step}: saved {trainer.resume_path}; continue with --resume",
+                      flush=True)
         raise SystemExit(130)
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
     bar.close()
     return step, last
 
@@ -426,8 +470,13 @@ def finish(run: Run, trainer: Trainer, step: int, last: dict, n_pairs: int) -> d
             run.out, weights_dtype=torch.float16 if s.save_fp16 else None,
             extra={"step": step, "metrics": result, "command": command, "held_out_pairs": held}))
         (run.out / "metrics.json").write_text(json.dumps(dict(result, command=command), indent=2) + "\n")
-        if s.sample_every:
-            write_samples(run, trainer, step)
+        write_samples(run, trainer, step, model)  # the final grid, whatever --sample-every says
+        print(f"step {step}: loss {result.get('loss', float('nan')):.3f}; saved the system in {run.out} "
+              f"(samples: {run.out / 'samples'}). Generate from it with: python -m dalle_mini_impl generate "
+              f"\"a small red circle on the left\" --model {run.out}", flush=True)
+    elif run.rank == 0:
+        print(f"stopped at step {step} of {s.steps}: saved {trainer.resume_path}; continue with --resume",
+              flush=True)
     D.barrier(run.world)
     D.teardown(run.world)
     return result
@@ -472,31 +521,34 @@ def add_parser(sub) -> None:
     p.set_defaults(ckpt_every=500)
     p.add_argument("--dvae", default=None, help="dVAE checkpoint (default: data/dvae_shapes_toy/dvae.pt)")
     p.add_argument("--objects", type=_objects, default=1, help="shapes: objects per image, 1, 2 or 1,2")
-    p.add_argument("--n-train", type=int, default=None, help="pairs to train on (shapes: drawn; default 20000)")
-    p.add_argument("--text-len", type=int, default=None, help="text positions (default: the preset's)")
-    p.add_argument("--bpe-vocab", type=int, default=None,
+    p.add_argument("--n-train", type=positive_int, default=None, help="pairs to train on (shapes: drawn; default 20000)")
+    p.add_argument("--text-len", type=positive_int, default=None, help="text positions (default: the preset's)")
+    p.add_argument("--bpe-vocab", type=positive_int, default=None,
                    help="BPE vocabulary for folder: and coco: datasets (default: the preset's, 512)")
-    p.add_argument("--d-model", type=int, default=None)
-    p.add_argument("--n-layers", type=int, default=None)
-    p.add_argument("--n-heads", type=int, default=None)
+    p.add_argument("--d-model", type=positive_int, default=None)
+    p.add_argument("--n-layers", type=positive_int, default=None)
+    p.add_argument("--n-heads", type=positive_int, default=None)
     p.add_argument("--attention", default="sparse", choices=["sparse", "full"])
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--text-weight", type=float, default=1 / 8, help="loss weight of the text tokens (paper: 1/8)")
-    p.add_argument("--warmup", type=int, default=None, help="linear warm-up steps (default: min(preset, steps/10))")
-    p.add_argument("--weight-decay", type=float, default=4.5e-2)
-    p.add_argument("--clip", type=float, default=4.0, help="gradient norm clip (paper: 4)")
-    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights, e.g. 0.999 (0: off)")
-    p.add_argument("--sample-every", type=int, default=0, help="write a sample grid every N steps (0: only at the end)")
-    p.add_argument("--top-k", type=int, default=32, help="top-k of the sample grids")
+    p.add_argument("--dropout", type=decay, default=0.0)
+    p.add_argument("--text-weight", type=nonnegative_float, default=1 / 8, help="loss weight of the text tokens (paper: 1/8)")
+    p.add_argument("--warmup", type=positive_int, default=None, help="linear warm-up steps (default: min(preset, steps/10))")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=4.5e-2)
+    p.add_argument("--clip", type=positive_float, default=4.0, help="gradient norm clip (paper: 4)")
+    p.add_argument("--ema", type=decay, default=0.0, help="EMA decay of the weights, e.g. 0.999 (0: off)")
+    p.add_argument("--sample-every", type=nonnegative_int, default=0,
+                   help="write a sample grid every N steps (0: only at the end)")
+    p.add_argument("--top-k", type=positive_int, default=32, help="top-k of the sample grids")
+    p.add_argument("--max-nonfinite", type=nonnegative_int, default=10,
+                   help="stop after this many updates in a row skipped for an inf/NaN loss or gradient (0: never)")
     p.add_argument("--save-fp16", action="store_true", help="store the final prior weights in float16 (half size)")
-    p.add_argument("--micro-batch", type=int, default=None,
+    p.add_argument("--micro-batch", type=positive_int, default=None,
                    help="pairs per forward pass on each process; the batch is accumulated from pieces "
                         "of this size (default: the preset's: all of it on cpu, 64 on gpu16 and gpu80)")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer (off by default; "
                    "minutes of compiling first, then faster steps on CUDA; on CPU it needs a C++ compiler)")
     p.add_argument("--fsdp", action="store_true", help="shard weights, gradients and AdamW state over the "
                    "torchrun processes (FSDP2 fully_shard; bf16 or fp32) instead of replicating them (DDP)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=nonnegative_int, default=None,
                    help="DataLoader worker processes for the pre-tokenised data (default: 4 on CUDA, none on CPU)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bar")
     p.set_defaults(func=lambda args: train_dalle(DalleSettings.from_args(args)))

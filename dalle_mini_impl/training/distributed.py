@@ -117,16 +117,6 @@ def load_full_state(prior: torch.nn.Module, opt: torch.optim.Optimizer, model_st
                    options=StateDictOptions(full_state_dict=True))
 
 
-class StateOf:
-    """Gives ``save_checkpoint`` a ready state dict where it expects a module or optimizer."""
-
-    def __init__(self, state: dict):
-        self._state = state
-
-    def state_dict(self) -> dict:
-        return self._state
-
-
 def sync_gradients(net: torch.nn.Module, fsdp: bool, world: int, sync: bool) -> None:
     """Gradient accumulation: all-reduce (DDP) or reduce-scatter (FSDP) only on the last
     micro-batch of a step."""

@@ -29,7 +29,9 @@ from ..dvae import DiscreteVAE, DVAEConfig, decoder_step, train_step
 from ..precision import Precision, as_precision, pick_precision
 from ..presets import get_preset
 from ..utils import get_device, load_checkpoint, progress_bar, save_checkpoint, seed_everything
-from .common import RunLog, add_common_args, command_line, fresh_log, set_threads
+from .common import (GracefulStop, NonFiniteGuard, RunLog, add_common_args, check_resume, command_line,
+                     data_digest, fresh_log, guard_shipped, nonnegative_float, nonnegative_int, positive_float,
+                     positive_int, set_threads, truncate_log)
 
 
 def short_run(train_images: torch.Tensor, probe: torch.Tensor, *, steps: int = 200, batch: int = 32,
@@ -104,6 +106,12 @@ class DVAESettings:
     ckpt_every: int = 500
     resume: bool = False
     stop_after: int | None = None
+    overwrite_shipped: bool = False
+    max_nonfinite: int = 10
+
+    # may differ between a run and its --resume (the images are compared by content)
+    MAY_CHANGE = frozenset({"log_every", "ckpt_every", "threads", "device", "precision", "dataset",
+                            "max_nonfinite", "overwrite_shipped"})
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "DVAESettings":
@@ -151,6 +159,7 @@ def train_dvae(s: DVAESettings) -> dict:
     cfg = s.model_config(device)
     batch = s.batch_size or get_preset(s.preset, device).batch_size
     lr = s.lr or 1e-3
+    guard_shipped(s.out, s.overwrite_shipped)
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -163,46 +172,56 @@ def train_dvae(s: DVAESettings) -> dict:
     prec = pick_precision(device, s.precision)
     print(f"precision: {prec}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=s.weight_decay)
-    tau_s = elb.tau_schedule(s.tau_steps or s.steps, start=s.tau_start, end=s.tau_end)
-    beta_s = elb.beta_schedule(s.beta_steps or max(1, s.steps // 5), end=s.beta)
-    lr_s = elb.Schedule(lr, lr * s.lr_end_ratio, s.steps)
     dec_lr = s.decoder_lr if s.decoder_lr is not None else lr / 2
-    dec_lr_s = elb.Schedule(dec_lr, dec_lr * s.lr_end_ratio, s.decoder_steps)
+    schedules = {"tau": elb.tau_schedule(s.tau_steps or s.steps, start=s.tau_start, end=s.tau_end),
+                 "beta": elb.beta_schedule(s.beta_steps or max(1, s.steps // 5), end=s.beta),
+                 "lr": elb.Schedule(lr, lr * s.lr_end_ratio, s.steps),
+                 "decoder_lr": elb.Schedule(dec_lr, dec_lr * s.lr_end_ratio, s.decoder_steps), "ids": None}
     total = s.steps + s.decoder_steps  # stage 1 updates, then the hard-token decoder stage
     log = RunLog(fresh_log(out, s.resume))
+    data = data_digest(train)
+    guard = NonFiniteGuard(s.max_nonfinite)
     start = 0
     if s.resume:
+        saved = load_checkpoint(out / "resume.pt")["extra"]
+        for note in check_resume(saved.get("settings", {}), asdict(s), DVAESettings.MAY_CHANGE,
+                                 steps_key="decoder_steps"):
+            print(f"resume: {note}", flush=True)
+        if saved.get("data", data) != data or saved.get("precision", prec.name) != prec.name:
+            raise ValueError("--resume: the training images or the precision differ from those of the run in "
+                             "resume.pt; use the same, or start a new run in another --out")
         state = load_checkpoint(out / "resume.pt", model=model, optimizer=opt, restore_rng=True,
                                 map_location=device)
         start = state["step"]
         g.set_state(state["extra"]["generator"])
+        guard.total = saved.get("skipped_total", 0)
+        truncate_log(out / "metrics.jsonl", start)
         print(f"resumed from step {start}")
 
     def save_resume(step: int) -> None:
         save_checkpoint(out / "resume.pt", model=model, optimizer=opt, config=cfg, step=step,
-                        extra={"generator": g.get_state(), "settings": asdict(s)})
+                        extra={"generator": g.get_state(), "settings": asdict(s), "data": data,
+                               "precision": prec.name, "skipped_total": guard.total})
 
     train_dev = train.to(device)
-    t0, seen, ids = time.perf_counter(), 0, None
+    t0, seen = time.perf_counter(), 0
     stop = total if s.stop_after is None else min(total, start + s.stop_after)
-    for step in range(start, stop):
-        idx = torch.randint(0, len(train_dev), (batch,), generator=g).to(device)
-        if step < s.steps:
-            lr_now = lr_s(step)
-            rec = train_step(model, opt, train_dev[idx], tau=tau_s(step), beta=beta_s(step), lr=lr_now,
-                             precision=prec, generator=g if device.type == "cpu" else None,
-                             usage_weight=s.usage_weight, usage_sharpness=s.usage_sharpness)
-        else:  # the encoder is final: fit the decoder to its argmax tokens (dvae.decoder_step)
-            if ids is None:
-                ids = model.eval().encode(train_dev)
-            lr_now = dec_lr_s(step - s.steps)
-            rec = decoder_step(model, opt, ids[idx], train_dev[idx], lr=lr_now, precision=prec)
-        seen += batch
-        if (step + 1) % s.log_every == 0 or step + 1 == total:
-            rec.update(step=step + 1, lr=lr_now, images_per_s=seen / (time.perf_counter() - t0))
-            log.write(rec)
-        if (step + 1) % s.ckpt_every == 0 and step + 1 < total:
-            save_resume(step + 1)
+    print(f"training a {cfg.n_codes}-code dVAE on {len(train):,} images: updates {start + 1}-{stop} of {total} "
+          f"(a log line every {s.log_every})", flush=True)
+    with GracefulStop() as interrupt:
+        for step in range(start, stop):
+            if interrupt.requested:  # Ctrl-C or SIGTERM, at a step boundary: save and stop
+                save_resume(step)
+                print(f"interrupted at step {step}: saved {out / 'resume.pt'}; continue with --resume", flush=True)
+                raise SystemExit(130)
+            rec = _one_update(s, model, opt, train_dev, batch, step, g, prec, schedules)
+            guard.update(not rec["skipped"], step + 1)
+            seen += batch
+            if (step + 1) % s.log_every == 0 or step + 1 == total:
+                rec.update(step=step + 1, images_per_s=seen / (time.perf_counter() - t0), skipped=guard.total)
+                log.write(rec)
+            if (step + 1) % s.ckpt_every == 0 and step + 1 < total:
+                save_resume(step + 1)
     train_time = time.perf_counter() - t0
     if stop < total:
         save_resume(stop)
@@ -217,7 +236,26 @@ def train_dvae(s: DVAESettings) -> dict:
                                                                 if isinstance(v, (int, float))}})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=2))
+    print(f"saved {out / 'dvae.pt'}; train stage 2 on it with --dvae {out / 'dvae.pt'}")
     return metrics
+
+
+def _one_update(s: DVAESettings, model: DiscreteVAE, opt, train: torch.Tensor, batch: int, step: int,
+                g: torch.Generator, prec: Precision, schedules: dict) -> dict:
+    """Update ``step``: stage 1 (the ELB) for the first ``s.steps``, then the decoder stage."""
+    idx = torch.randint(0, len(train), (batch,), generator=g).to(train.device)
+    if step < s.steps:
+        lr = schedules["lr"](step)
+        rec = train_step(model, opt, train[idx], tau=schedules["tau"](step), beta=schedules["beta"](step), lr=lr,
+                         precision=prec, generator=g if train.device.type == "cpu" else None,
+                         usage_weight=s.usage_weight, usage_sharpness=s.usage_sharpness)
+    else:  # the encoder is final: fit the decoder to its argmax tokens (dvae.decoder_step)
+        if schedules["ids"] is None:
+            schedules["ids"] = model.eval().encode(train)
+        lr = schedules["decoder_lr"](step - s.steps)
+        rec = decoder_step(model, opt, schedules["ids"][idx], train[idx], lr=lr, precision=prec)
+    rec["lr"] = lr
+    return rec
 
 
 def evaluate_dvae(model: DiscreteVAE, images: torch.Tensor) -> dict:
@@ -237,30 +275,32 @@ def add_parser(sub) -> None:
     p = sub.add_parser("dvae", help="stage 1: the discrete VAE (lessons 03-04)")
     add_common_args(p)
     p.add_argument("--config", choices=["toy", "paper"], default="toy")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--grid", type=int, default=None)
-    p.add_argument("--n-codes", type=int, default=None)
-    p.add_argument("--n-hid", type=int, default=None)
-    p.add_argument("--n-blk-per-group", type=int, default=None)
-    p.add_argument("--codebook-dim", type=int, default=None)
+    p.add_argument("--image-size", type=positive_int, default=None)
+    p.add_argument("--grid", type=positive_int, default=None)
+    p.add_argument("--n-codes", type=positive_int, default=None)
+    p.add_argument("--n-hid", type=positive_int, default=None)
+    p.add_argument("--n-blk-per-group", type=positive_int, default=None)
+    p.add_argument("--codebook-dim", type=positive_int, default=None)
     p.add_argument("--likelihood", choices=["logit_laplace", "mse"], default=None,
                    help="default: the config's (toy: mse, paper: logit_laplace)")
-    p.add_argument("--beta", type=float, default=6.6, help="final KL weight (paper: 6.6)")
-    p.add_argument("--beta-steps", type=int, default=None, help="warm-up length (default: steps / 5)")
-    p.add_argument("--tau-start", type=float, default=1.0)
-    p.add_argument("--tau-end", type=float, default=1.0 / 16)
-    p.add_argument("--tau-steps", type=int, default=None, help="annealing length (default: steps)")
-    p.add_argument("--usage-weight", type=float, default=0.1,
+    p.add_argument("--beta", type=nonnegative_float, default=6.6, help="final KL weight (paper: 6.6)")
+    p.add_argument("--beta-steps", type=positive_int, default=None, help="warm-up length (default: steps / 5)")
+    p.add_argument("--tau-start", type=positive_float, default=1.0)
+    p.add_argument("--tau-end", type=positive_float, default=1.0 / 16)
+    p.add_argument("--tau-steps", type=positive_int, default=None, help="annealing length (default: steps)")
+    p.add_argument("--usage-weight", type=nonnegative_float, default=0.1,
                    help="weight of the codebook-usage term (elb.usage_kl; not in the paper: 0 trains "
                         "the paper's objective alone, which collapses the toy codebook on shapes)")
-    p.add_argument("--usage-sharpness", type=float, default=0.1,
+    p.add_argument("--usage-sharpness", type=positive_float, default=0.1,
                    help="logits are divided by this before averaging q over the batch")
-    p.add_argument("--lr-end-ratio", type=float, default=0.05, help="cosine decay of the step size to lr * this")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--decoder-steps", type=int, default=0,
+    p.add_argument("--lr-end-ratio", type=positive_float, default=0.05, help="cosine decay of the step size to lr * this")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0)
+    p.add_argument("--decoder-steps", type=nonnegative_int, default=0,
                    help="after --steps, this many updates of the decoder alone on the encoder's hard tokens "
                         "(dvae.decoder_step; not in the paper): sharpens what the decoder draws from real codes")
-    p.add_argument("--decoder-lr", type=float, default=None, help="step size of that stage (default: lr / 2)")
-    p.add_argument("--n-train", type=int, default=20_000)
-    p.add_argument("--n-eval", type=int, default=1_000)
+    p.add_argument("--decoder-lr", type=positive_float, default=None, help="step size of that stage (default: lr / 2)")
+    p.add_argument("--n-train", type=positive_int, default=20_000)
+    p.add_argument("--n-eval", type=positive_int, default=1_000)
+    p.add_argument("--max-nonfinite", type=nonnegative_int, default=10,
+                   help="stop after this many updates in a row skipped for an inf/NaN loss or gradient (0: never)")
     p.set_defaults(func=lambda args: train_dvae(DVAESettings.from_args(args)))

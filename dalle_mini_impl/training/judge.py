@@ -1,7 +1,9 @@
 """Training the shapes judge, the attribute classifier that grades generated images
 (``judge.py``; the course's stand-in for the paper's human evaluation, section 3).
 
-    python -m dalle_mini_impl.training judge --out data/judge_shapes.pt
+    python -m dalle_mini_impl.training judge --out data/judge_shapes.pt --overwrite-shipped
+
+Measuring the shipped judge is a different command, which trains nothing: ``python bench/judge.py``.
 """
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ import argparse
 
 from ..datasets.shapes import ShapesDataset
 from ..judge import DEFAULT_PATH, attribute_accuracy, train_judge
-from ..utils import data_dir, save_checkpoint
-from .common import add_precision_args, command_line, set_threads
+from ..utils import save_checkpoint
+from .common import add_precision_args, command_line, guard_shipped, positive_int, set_threads
 
 
 def train_judge_command(args: argparse.Namespace) -> dict:
     """Train the judge, measure it on fresh one- and two-object scenes, save it."""
     set_threads(args.threads)
+    guard_shipped(args.out, args.overwrite_shipped)
     model = train_judge(args.n_train, args.steps, seed=args.seed, precision=args.precision)
     test1 = ShapesDataset(2000, seed=98_765, split="all", n_objects=1)
     test2 = ShapesDataset(2000, seed=98_766, split="all", n_objects=2)
@@ -31,10 +34,13 @@ def train_judge_command(args: argparse.Namespace) -> dict:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("judge", help="the shapes judge that grades generated images (lessons 03, 08-10)")
-    p.add_argument("--out", default=str(data_dir() / DEFAULT_PATH), help="checkpoint file to write")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--n-train", type=int, default=30_000)
+    p.add_argument("--out", default="runs/judge_shapes.pt",
+                   help=f"checkpoint file to write (the shipped one is data/{DEFAULT_PATH}: regenerating it "
+                        "needs --overwrite-shipped)")
+    p.add_argument("--overwrite-shipped", action="store_true", help="allow --out inside data/")
+    p.add_argument("--steps", type=positive_int, default=1500)
+    p.add_argument("--n-train", type=positive_int, default=30_000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     add_precision_args(p)
     p.set_defaults(func=train_judge_command)
