@@ -57,8 +57,9 @@ demo: $(STAMP)
 		"a small red circle on the left" --n 8 --out outputs/demo.png
 	@echo "wrote outputs/demo.png"
 
+# as root (containers, many cloud machines) Jupyter wants --allow-root
 lab: $(STAMP)
-	unset DALLE_HEADLESS; $(BIN)/jupyter lab notebooks/
+	unset DALLE_HEADLESS; $(BIN)/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 bench: $(STAMP)
 	for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

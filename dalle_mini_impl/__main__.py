@@ -18,7 +18,7 @@ import torch
 from .dalle import DALLE
 from .precision import PRECISION_CHOICES
 from .training.common import positive_int
-from .utils import data_dir, get_device
+from .utils import data_dir, free_cores, get_device
 from .viz import save_image_grid
 
 DEFAULT_MODEL = "dalle_shapes_toy"  # under data/
@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
-    g.add_argument("--threads", type=positive_int, default=None)
+    g.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: the cores not kept busy by other work)")
     g.add_argument("--precision", choices=list(PRECISION_CHOICES), default=None,
                    help="default: $DALLE_PRECISION, else auto (bf16 where the device computes it "
                         "natively, else float32)")
@@ -48,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def generate_command(args: argparse.Namespace) -> Path:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or free_cores())  # default: the cores other work leaves free
     out = Path(args.out)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"--out {out}: give an image file name ending in one of {', '.join(IMAGE_SUFFIXES)}, "

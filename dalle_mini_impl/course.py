@@ -17,7 +17,9 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -37,18 +39,26 @@ class _QuietKernelWarnings(logging.Filter):
 def run_notebook(path: Path, out: Path, timeout: int = 900) -> float:
     """Execute the notebook ``path`` (working directory: its folder) and write the executed
     notebook to ``out``; return the wall time in seconds."""
-    import warnings
-
     import nbformat
+    from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*without encryption.*")
-        client.execute()
+    with tempfile.TemporaryDirectory(prefix="dalle_course_") as sockets:
+        # local sockets (IPC), not TCP on localhost: nothing listens on the network, and the
+        # kernel has no "running over TCP without encryption" to warn about (TCP on Windows)
+        km = KernelManager(kernel_name="python3", **({} if os.name == "nt" else
+                                                     {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}))
+        client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*without encryption.*")
+                client.execute()
+        finally:
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
     elapsed = time.perf_counter() - start
     nb.metadata.pop("widgets", None)  # no widget state is saved: widgets are skipped headless
     out.parent.mkdir(parents=True, exist_ok=True)

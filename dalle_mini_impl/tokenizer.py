@@ -202,9 +202,17 @@ class CaptionTokenizer:
                 if b:
                     raise ValueError(f"caption {i} is empty: describe the image, e.g. "
                                      "'a small red circle on the left'")
+                unknown = self.unknown_words(c)
+                why = (f" Its words {', '.join(map(repr, unknown[:5]))} are not in this model's vocabulary, so BPE "
+                       "spells them out in pieces and the model never learnt them: use words it was trained "
+                       "on." if unknown else "")
                 if len(s) > text_len:
                     raise ValueError(f"caption {i} is {len(s)} tokens long; this model reads at most "
-                                     f"{text_len}. Shorten it: {c!r:.80}")
+                                     f"{text_len}.{why} Shorten it: {c!r:.80}")
+                if unknown or not any(ch.isalnum() for ch in c):
+                    warnings.warn(f"caption {i} ({c!r:.60}) has words this model never saw "
+                                  f"({', '.join(map(repr, unknown[:5])) or 'no words at all'}): the image "
+                                  "will not follow them", stacklevel=2)
         too_long = sum(len(s) > text_len for s in seqs)
         pad = list(range(self.bpe_vocab_size, self.bpe_vocab_size + text_len))
         out = torch.tensor([s[:text_len] + pad[len(s):] for s in seqs], dtype=torch.long)  # (B, T)
@@ -226,6 +234,15 @@ class CaptionTokenizer:
                              f"[{int(t.min())}, {int(t.max())}]")
         rows = [[i for i in row if i < self.bpe_vocab_size] for row in t.tolist()]
         return [s[1:] if s.startswith(" ") else s for s in self.hf.decode_batch(rows)]
+
+    def unknown_words(self, caption: str) -> list[str]:
+        """The words of ``caption`` that are not whole tokens of the vocabulary (BPE spells them
+        in pieces: for a tokenizer trained on a small caption language, words it never saw)."""
+        vocab = self.hf.get_vocab()
+        text = self.hf.normalizer.normalize_str(caption)
+        words = [w for w, _ in self.hf.pre_tokenizer.pre_tokenize_str(text)]
+        return [self.hf.decoder.decode([w]).strip() for w in words
+                if w not in vocab and any(ch.isalnum() for ch in self.hf.decoder.decode([w]))]
 
     def tokens(self, caption: str) -> list[str]:
         """The token strings of one caption (readable, ``Ġ`` marks a space)."""

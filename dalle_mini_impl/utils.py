@@ -284,6 +284,18 @@ def count_parameters_meta(build) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def free_cores() -> int:
+    """Cores not already kept busy by other processes (the 1-minute load average), at least 1:
+    a default thread count that does not oversubscribe a shared machine (two busy OpenMP teams
+    on two cores can slow a run tenfold)."""
+    n = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # Windows
+        load = 0.0
+    return max(1, min(n, n - int(load + 0.5)))
+
+
 def repo_root() -> Path:
     """The repository root (the folder that holds ``dalle_mini_impl``), for finding data/."""
     return Path(__file__).resolve().parent.parent

@@ -83,3 +83,10 @@ def test_course_notebooks_use_the_cell():
                  "06_sparse_transformer", "07_mixed_precision"):
         nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
         assert "".join(colab_setup_cell.first_code_cell(nb)["source"]) == colab_setup_cell.CELL, name
+
+
+def test_on_colab_the_url_can_come_from_the_environment(monkeypatch, tmp_path):
+    """One place for users of a fork: %env DALLE_REPO_URL=... instead of editing 11 notebooks."""
+    monkeypatch.setenv("DALLE_REPO_URL", "https://example.invalid/fork.git")
+    calls = _run_on_fake_colab(monkeypatch, tmp_path, "<this repository's URL>")
+    assert calls[0][3] == "https://example.invalid/fork.git"

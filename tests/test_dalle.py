@@ -123,6 +123,12 @@ def test_bad_captions_raise_clear_errors(model):
         model.generate(3.14)
     with pytest.raises(ValueError, match="n must be"):
         model.generate(CAPTIONS, n=0)
+    # the real cause of a too-long short caption: words the vocabulary does not hold
+    with pytest.raises(ValueError, match="'orange', 'hexagon', 'big' are not in this model's vocabulary"):
+        model.generate(["a small orange hexagon on the left of the big one"])
+    for caption in ("a red hexagon", "!!!"):  # within the length, but nothing to follow: said
+        with pytest.warns(UserWarning, match="never saw"):
+            model.generate([caption])
 
 
 def test_save_load_round_trip_gives_identical_samples(model, tmp_path):

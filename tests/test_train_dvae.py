@@ -43,7 +43,8 @@ def test_dvae_resume_continues_the_same_run(tmp_path):
 
 def test_dvae_command_rejects_bad_input(tmp_path):
     with pytest.raises(SystemExit):
-        main(["dvae", "--out", str(tmp_path)])  # --steps is required
+        main(["dvae", "--out", str(tmp_path), "--steps", "0"])  # at least one update
+    assert build_parser().parse_args(["dvae"]).steps == 3000  # the shipped dVAE's, by default
     with pytest.raises(ValueError, match="unknown dataset"):
         main(["dvae", "--dataset", "nope", "--steps", "1", "--out", str(tmp_path), *TINY])
 

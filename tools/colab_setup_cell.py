@@ -25,14 +25,19 @@ from pathlib import Path
 
 MARK = "# Setup: find the course package"  # the first line: how a rewritten cell is recognised
 
+# The course repository's git URL: the one place it is written. Set it here and run this tool on
+# every notebook; a fork's user can instead set DALLE_REPO_URL on Colab (%env DALLE_REPO_URL=...).
+REPO_URL = "<this repository's URL>"
+
 CELL = '''# Setup: find the course package `dalle_mini_impl` (on Colab: fetch and install it first).
-REPO_URL = "<this repository's URL>"  # on Colab: the git URL to clone (see the README, "On Colab")
+REPO_URL = __import__("os").environ.get("DALLE_REPO_URL") or "<this repository's URL>"  # see README, "On Colab"
 import sys, pathlib, importlib.util
 ROOT = next((p for p in (pathlib.Path.cwd(), *pathlib.Path.cwd().parents) if (p / "dalle_mini_impl").is_dir()), None)
 if ROOT is None and "google.colab" in sys.modules and importlib.util.find_spec("dalle_mini_impl") is None:
     import os, subprocess
     if REPO_URL.startswith("<"):
-        raise RuntimeError("set REPO_URL in this cell to the course repository's git URL")
+        raise RuntimeError("set the course repository's git URL: %env DALLE_REPO_URL=https://... in a cell "
+                           "above, or REPO_URL in this cell")
     ROOT = pathlib.Path("/content/dalle-from-scratch")
     if not ROOT.is_dir():
         subprocess.run(["git", "clone", "-q", REPO_URL, str(ROOT)], check=True)
@@ -45,7 +50,7 @@ if ROOT is None and "google.colab" in sys.modules and importlib.util.find_spec("
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
     os.chdir(ROOT / "notebooks")
 if ROOT is not None and str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))'''
+    sys.path.insert(0, str(ROOT))'''.replace("<this repository's URL>", REPO_URL)
 
 
 def first_code_cell(nb: dict) -> dict:

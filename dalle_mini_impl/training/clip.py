@@ -93,7 +93,7 @@ def train_clip_command(args: argparse.Namespace) -> dict:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("clip", help="lesson 09: the contrastive reranker (small CLIP) on shapes")
-    add_common_args(p)
+    add_common_args(p, steps=800, out="runs/clip")  # 800: what the shipped data/clip_shapes_toy took
     p.add_argument("--image-size", type=positive_int, default=None)
     p.add_argument("--width", type=positive_int, default=16)
     p.add_argument("--d-text", type=positive_int, default=96)

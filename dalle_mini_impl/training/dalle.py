@@ -186,6 +186,8 @@ def setup(s: DalleSettings) -> Run:
     guard_shipped(s.out, s.overwrite_shipped)
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
+    if s.fsdp:  # before any work
+        D.check_fsdp(world, pick_precision(device, s.precision).name, s.ema, s.sample_every)
     seed_everything(s.seed)
     return Run(s, world, rank, device, preset, out, batch, batch // world)
 
@@ -200,6 +202,14 @@ def build(run: Run) -> torch.Tensor:
                                 "`python -m dalle_mini_impl.training dvae --out DIR` and pass --dvae DIR/dvae.pt")
     dvae = DiscreteVAE.load(dvae_path, map_location=run.device)
     images, captions = load_pairs(s.dataset, s.n_train, dvae.config.image_size, s.seed, s.objects)
+    fits = (len(images) // run.world) * run.world
+    if fits < run.batch:  # a small dataset: a batch is the whole of it
+        if fits < 1:
+            raise ValueError(f"the dataset has {len(images)} pairs, fewer than the {run.world} processes")
+        if run.rank == 0:
+            print(f"note: the dataset has {len(images)} pairs, fewer than a batch of {run.batch}: "
+                  f"training with --batch-size {fits} (every pair in every update)", flush=True)
+        run.batch, run.local_batch = fits, fits // run.world
     if images.shape[1] != dvae.config.channels:
         raise ValueError(f"the dataset has {images.shape[1]}-channel images; the dVAE expects {dvae.config.channels}")
     text_len = s.text_len or run.preset.text_len

@@ -273,7 +273,7 @@ def evaluate_dvae(model: DiscreteVAE, images: torch.Tensor) -> dict:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("dvae", help="stage 1: the discrete VAE (lessons 03-04)")
-    add_common_args(p)
+    add_common_args(p, steps=3000, out="runs/dvae")  # 3000: what the shipped data/dvae_shapes_toy took
     p.add_argument("--config", choices=["toy", "paper"], default="toy")
     p.add_argument("--image-size", type=positive_int, default=None)
     p.add_argument("--grid", type=positive_int, default=None)
