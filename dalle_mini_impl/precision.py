@@ -106,7 +106,7 @@ from . import utils
 __all__ = [
     "float16_stats", "underflow_fraction", "GradientMonitor", "GradScaleConfig",
     "update_log2_scale", "replay_scales", "ActivationGradHooks", "PerResblockGradScaler", "Precision",
-    "pick_precision", "as_precision", "PRECISION_ENV", "PRECISION_CHOICES", "fp32_logits", "check_fp32_master_weights", "DeepStackConfig",
+    "pick_precision", "as_precision", "ResblockPrecision", "PRECISION_ENV", "PRECISION_CHOICES", "fp32_logits", "check_fp32_master_weights", "DeepStackConfig",
     "DeepResidualStack", "ResidualMLPBlock", "teacher_task",
 ]
 
@@ -412,10 +412,27 @@ class PerResblockGradScaler(ActivationGradHooks):
         self.n_skipped = 0
         self.skipped_per_block = [0] * self.n_blocks
         self.scale_history: list[list[float]] = []
+        self._unscaled = False
 
     @property
     def skip_rate(self) -> float:
         return self.n_skipped / max(self.n_updates, 1)
+
+    def unscale_(self) -> None:
+        """Divide each resblock's parameter gradients by its scale (once per step; ``step`` does
+        it if it was not done). Call it before clipping the gradient norm."""
+        if self._unscaled:
+            return
+        for i, ps in enumerate(self.params):
+            inv = 1.0 / self.scale(i)
+            for p in ps:
+                if p.grad is not None:
+                    p.grad.mul_(inv)
+        self._unscaled = True
+
+    def reset(self) -> None:
+        super().reset()
+        self._unscaled = False
 
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
         """Unscale, check, step or skip, update scales. Returns True if the update was applied."""
@@ -428,11 +445,7 @@ class PerResblockGradScaler(ActivationGradHooks):
                         for grp in optimizer.param_groups for p in grp["params"])
         applied = not (any(bad) or other_bad)
         if applied:
-            for i, ps in enumerate(self.params):
-                inv = 1.0 / self.scale(i)
-                for p in ps:
-                    if p.grad is not None:
-                        p.grad.mul_(inv)
+            self.unscale_()
             optimizer.step()
         else:
             self.n_skipped += 1
@@ -568,6 +581,55 @@ class Precision:
         self.backward(loss)
         self.unscale(optimizer)
         return self.step(optimizer)
+
+
+class ResblockPrecision:
+    """Appendix D in a training loop: the interface of ``Precision`` (autocast, backward,
+    unscale, step) with one gradient scale per resblock (``PerResblockGradScaler``) in place of
+    one loss scale. On CUDA it runs real float16 autocast; on a CPU, where float16 matmuls are
+    many times slower, it computes in float32 and emulates float16 storage of the activation
+    gradients at every branch boundary, as lesson 07 does, so the mechanism (underflow, the
+    scales, the skipped steps) is the same one. ``branches``: per resblock, its branch
+    module(s). A non-finite gradient in any block skips the whole update (no weight changes)
+    and lowers only that block's scale."""
+
+    def __init__(self, device: torch.device | str, branches: Sequence, config: GradScaleConfig | None = None):
+        device = torch.device(device)
+        emulate = None if device.type == "cuda" else torch.float16
+        how = "real float16 autocast" if emulate is None else "float32 compute, float16 gradients emulated"
+        self.compute = Precision(device.type, torch.float16 if emulate is None else torch.float32, None,
+                                 f"per-resblock gradient scaling, {how}")
+        self.grad_scaler = PerResblockGradScaler(branches, config, emulate=emulate, track_stats=False)
+        self.scaler = None  # no loss scaler: the resblocks' scales do its job
+        self.n_skipped = 0
+
+    name = "fp16"
+    dtype = torch.float16
+
+    def __str__(self) -> str:
+        return f"fp16 on {self.compute.device_type} ({self.compute.reason})"
+
+    def autocast(self):
+        return self.compute.autocast()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        self.grad_scaler.unscale_()
+
+    def step(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor | float | None = None) -> bool:
+        applied = self.grad_scaler.step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        self.grad_scaler.scale_history.clear()  # a long run keeps only the current scales
+        self.n_skipped += int(not applied)
+        return applied
+
+    def state_dict(self) -> dict:
+        return self.grad_scaler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.grad_scaler.load_state_dict(state)
 
 
 def _requested(prefer: str | None) -> tuple[str, str]:

@@ -347,3 +347,64 @@ def test_killed_runs_resume_to_the_uninterrupted_weights(tmp_path, dvae_file):
     lb = [json.loads(line)["loss"] for line in (part / "metrics.jsonl").read_text().splitlines()]
     assert la == lb and len(la) == steps
     assert not list(part.glob(".*.tmp"))  # no temp file left by a kill inside a write
+
+
+# --------------------------------------------------------------------------- appendix D in training
+PER_RESBLOCK = ("--precision", "fp16", "--grad-scaling", "per-resblock")
+
+
+def test_per_resblock_scaling_trains_logs_its_scales_and_resumes_exactly(tmp_path, dvae_file):
+    full, part = tmp_path / "full", tmp_path / "part"
+    main(_train_args(tmp_path, dvae_file, full, *PER_RESBLOCK))
+    log = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert len(log[-1]["log2_scales"]) == 2 and len(log[-1]["skipped_per_block"]) == 2  # one per resblock
+    assert log[-1]["log2_scales"] != log[0]["log2_scales"]  # the scales move by appendix D's rule
+    main(_train_args(tmp_path, dvae_file, part, *PER_RESBLOCK, "--stop-after", "3"))
+    main(_train_args(tmp_path, dvae_file, part, *PER_RESBLOCK, "--resume"))
+    a, b = _final_weights(full), _final_weights(part)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="add --precision fp16"):
+        main(_train_args(tmp_path, dvae_file, tmp_path / "bf", "--grad-scaling", "per-resblock"))
+
+
+def test_a_poisoned_resblock_changes_no_weight_and_lowers_only_its_scale():
+    from dalle_mini_impl.precision import ResblockPrecision
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(text_vocab=40, image_vocab=16, text_len=4, image_grid=2,
+                                          d_model=16, n_layers=3, n_heads=2))
+    prec = ResblockPrecision("cpu", [[b.attn_branch, b.mlp_branch] for b in model.blocks])
+    opt = make_optimizer(model, 1e-2, 0.0)
+    text, image = torch.randint(0, 40, (2, 4)), torch.randint(0, 16, (2, 4))
+    def make_inf(module, args, out):  # the gradient reaching block 1's MLP branch overflows
+        out.register_hook(lambda g: g * float("inf"))
+
+    poison = model.blocks[1].mlp_branch.register_forward_hook(make_inf)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scales = list(prec.grad_scaler.log2_scales)
+    t, i = model(text, image)
+    prec.backward(t.float().mean() + i.float().mean())
+    prec.unscale(opt)
+    assert not prec.step(opt)  # skipped
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    after = prec.grad_scaler.log2_scales
+    assert after[1] < scales[1] and after[0] >= scales[0] and after[2] >= scales[2]
+    assert prec.grad_scaler.skipped_per_block == [0, 1, 0]
+    poison.remove()
+    t, i = model(text, image)  # the next, healthy step applies
+    prec.backward(t.float().mean() + i.float().mean())
+    prec.unscale(opt)
+    assert prec.step(opt)
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_per_resblock_scaling_trains_like_float32(tmp_path, dvae_file):
+    """The final loss of an emulated-fp16 run with per-resblock scales lies within the spread of
+    three float32 runs that differ only in their seed (widened by that spread)."""
+    def final(seed, *extra):
+        out = tmp_path / f"s{seed}{'_'.join(extra)}"
+        main(_train_args(tmp_path, dvae_file, out, "--steps", "12", "--seed", str(seed), *extra))
+        return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    fp32 = [final(seed) for seed in (0, 1, 2)]
+    spread = max(fp32) - min(fp32)
+    ours = final(0, *PER_RESBLOCK)
+    assert min(fp32) - spread <= ours <= max(fp32) + spread, (ours, fp32)

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from ..dalle import DALLE, DALLEConfig, dalle_loss, prior_config_for
 from ..datasets import DEFAULT_HOLDOUT, course_captions, load_pairs
 from ..dvae import TOY_CHECKPOINT, DiscreteVAE
-from ..precision import Precision, pick_precision
+from ..precision import Precision, ResblockPrecision, pick_precision
 from ..presets import Preset, get_preset
 from ..tokenizer import CaptionTokenizer, course_tokenizer
 from ..utils import (atomic_write_bytes, check_finite, data_dir, load_checkpoint, safe_load, save_checkpoint,
@@ -111,6 +111,7 @@ class DalleSettings:
     progress: bool = True
     overwrite_shipped: bool = False
     max_nonfinite: int = 10            # stop after this many skipped (inf/NaN) updates in a row
+    grad_scaling: str = "global"       # fp16: one loss scale, or per-resblock (appendix D)
 
     # may differ between a run and its --resume (the data and the dVAE are compared by content)
     MAY_CHANGE = frozenset({"log_every", "sample_every", "ckpt_every", "threads", "progress", "workers",
@@ -188,6 +189,8 @@ def setup(s: DalleSettings) -> Run:
     out.mkdir(parents=True, exist_ok=True)
     if s.fsdp:  # before any work
         D.check_fsdp(world, pick_precision(device, s.precision).name, s.ema, s.sample_every)
+        if s.grad_scaling != "global":
+            raise ValueError("--grad-scaling per-resblock is not supported with --fsdp; use DDP (drop --fsdp)")
     seed_everything(s.seed)
     return Run(s, world, rank, device, preset, out, batch, batch // world)
 
@@ -276,7 +279,12 @@ class Trainer:
     def __init__(self, run: Run):
         s, self.run = run.s, run
         prior = run.model.prior
-        self.prec: Precision = pick_precision(run.device, s.precision)
+        self.prec: Precision | ResblockPrecision = pick_precision(run.device, s.precision)
+        if s.grad_scaling == "per-resblock":
+            if self.prec.name != "fp16":
+                raise ValueError(f"--grad-scaling per-resblock is appendix D's float16 mechanism; this run trains "
+                                 f"in {self.prec.name}: add --precision fp16")
+            self.prec = ResblockPrecision(run.device, [[b.attn_branch, b.mlp_branch] for b in prior.blocks])
         if run.rank == 0:
             print(f"precision: {self.prec}", flush=True)
         self.pieces = micro_batches(run.local_batch, s.micro_batch if s.micro_batch is not None
@@ -324,6 +332,8 @@ class Trainer:
             self.ema = {k: v.to(run.device) for k, v in state["extra"]["ema"].items()}
         if self.prec.scaler is not None and state["extra"].get("scaler"):
             self.prec.scaler.load_state_dict(state["extra"]["scaler"])
+        if isinstance(self.prec, ResblockPrecision):
+            self.prec.load_state_dict(state["extra"]["grad_scales"])
         if run.rank == 0:
             print(f"resumed from {self.resume_path} at step {state['step']}", flush=True)
         return state["step"]
@@ -334,7 +344,8 @@ class Trainer:
             check_finite(self.ema, f"saving {self.resume_path} (EMA weights)")
         extra = {"ema": self.ema, "settings": asdict(run.s), "data_key": run.data_key,
                  "precision": self.prec.name, "skipped_total": self.guard.total,
-                 "scaler": self.prec.scaler.state_dict() if self.prec.scaler else None}
+                 "scaler": self.prec.scaler.state_dict() if self.prec.scaler else None,
+                 "grad_scales": self.prec.state_dict() if isinstance(self.prec, ResblockPrecision) else None}
         if run.s.fsdp:
             msd, osd = D.full_state(prior, self.opt)
             model, opt = StateOf(msd), StateOf(osd)
@@ -375,9 +386,13 @@ class Trainer:
                         self.ema[k].lerp_(v, 1 - s.ema)
                     else:
                         self.ema[k].copy_(v)
-        return {"loss": losses["loss"].item(), "text_loss": losses["text"].item(),
-                "image_loss": losses["image"].item(), "lr": self.opt.param_groups[0]["lr"],
-                "grad_norm": float(grad_norm), "skipped": self.guard.total}
+        record = {"loss": losses["loss"].item(), "text_loss": losses["text"].item(),
+                  "image_loss": losses["image"].item(), "lr": self.opt.param_groups[0]["lr"],
+                  "grad_norm": float(grad_norm), "skipped": self.guard.total}
+        if isinstance(self.prec, ResblockPrecision):  # appendix D: each resblock's scale and skips
+            record.update(log2_scales=[round(x, 3) for x in self.prec.grad_scaler.log2_scales],
+                          skipped_per_block=list(self.prec.grad_scaler.skipped_per_block))
+        return record
 
 
 def with_weights(model: DALLE, ema: dict | None, fn):
@@ -399,8 +414,9 @@ def write_samples(run: Run, trainer: Trainer, step: int, model: DALLE | None = N
         [c for c in dict.fromkeys(run.captions) if len(model.tokenizer.tokens(c)) <= model.text_len][:8]
     if not captions:  # every training caption is longer than the model reads
         return
+    prec = trainer.prec.compute if isinstance(trainer.prec, ResblockPrecision) else trainer.prec
     images = with_weights(model, trainer.ema, lambda: model.generate(captions, 1, top_k=run.s.top_k, seed=0,
-                                                                     precision=trainer.prec))
+                                                                     precision=prec))
     save_image_grid(images, run.out / "samples" / f"step_{step:06d}.png", nrow=len(captions))
 
 
@@ -548,6 +564,9 @@ def add_parser(sub) -> None:
     p.add_argument("--sample-every", type=nonnegative_int, default=0,
                    help="write a sample grid every N steps (0: only at the end)")
     p.add_argument("--top-k", type=positive_int, default=32, help="top-k of the sample grids")
+    p.add_argument("--grad-scaling", choices=["global", "per-resblock"], default="global",
+                   help="fp16 only: one loss scale (torch.amp.GradScaler), or one gradient scale per resblock "
+                        "(paper appendix D, lesson 07; on a CPU float16 gradients are emulated)")
     p.add_argument("--max-nonfinite", type=nonnegative_int, default=10,
                    help="stop after this many updates in a row skipped for an inf/NaN loss or gradient (0: never)")
     p.add_argument("--save-fp16", action="store_true", help="store the final prior weights in float16 (half size)")
