@@ -59,23 +59,14 @@ def _final_weights(out):
     return torch.load(Path(out) / "resume.pt", weights_only=True)["model"]
 
 
-def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, dvae_file, monkeypatch):
+def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, dvae_file, monkeypatch, sigint_after):
     full = tmp_path / "full"
     main(_train_args(tmp_path, dvae_file, full, "--ema", "0.9"))
     # the same run, sent Ctrl-C at the worst moment: right after the optimizer step of update 4.
     # The step finishes, resume.pt is saved labelled 4 holding exactly 4 updates, and it exits 130
     part = tmp_path / "part"
-    calls = {"n": 0}
     real_step = Precision.step
-
-    def step_then_sigint(self, *a, **k):
-        applied = real_step(self, *a, **k)
-        calls["n"] += 1
-        if calls["n"] == 4:
-            os.kill(os.getpid(), signal.SIGINT)
-        return applied
-
-    monkeypatch.setattr(Precision, "step", step_then_sigint)
+    monkeypatch.setattr(Precision, "step", sigint_after(real_step, 4))
     with pytest.raises(SystemExit) as exc:
         main(_train_args(tmp_path, dvae_file, part, "--ema", "0.9"))
     assert exc.value.code == 130

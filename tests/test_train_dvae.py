@@ -105,25 +105,14 @@ def test_precision_flag_and_the_deprecated_bf16_alias(capsys):
         parser.parse_args(["dvae", "--steps", "1", "--out", "x", "--precision", "fp8"])
 
 
-def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tmp_path, monkeypatch):
+def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tmp_path, monkeypatch, sigint_after):
     """SIGINT right after update 3 (the worst moment): the update finishes, resume.pt holds
     exactly 3 updates, the command exits 130, and --resume ends where the uninterrupted run did."""
-    import os
-    import signal
-
     from dalle_mini_impl.training import dvae as training_dvae
     full, part = tmp_path / "full", tmp_path / "part"
     main(["dvae", "--steps", "5", "--out", str(full), *TINY])
-    real, calls = training_dvae.train_step, {"n": 0}
-
-    def step_then_sigint(*a, **k):
-        rec = real(*a, **k)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return rec
-
-    monkeypatch.setattr(training_dvae, "train_step", step_then_sigint)
+    real = training_dvae.train_step
+    monkeypatch.setattr(training_dvae, "train_step", sigint_after(real, 3))
     with pytest.raises(SystemExit) as exc:
         main(["dvae", "--steps", "5", "--out", str(part), *TINY])
     assert exc.value.code == 130
