@@ -62,7 +62,7 @@ lab: $(STAMP)
 	unset DALLE_HEADLESS; $(BIN)/jupyter lab notebooks/ $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 # the quick benchmarks (a few minutes); the long ones (quality.py, rerank.py, elb_sweep.py, the
-# DALLE-pytorch comparison) are listed with their run times in bench/README.md
+# DALLE-pytorch comparison) are listed in bench/README.md
 BENCH_QUICK := datasets.py bpe.py attention.py throughput.py judge.py "gpu_throughput.py --steps 3"
 
 bench: $(STAMP)
