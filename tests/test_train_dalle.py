@@ -399,3 +399,32 @@ def test_per_resblock_scaling_trains_like_float32(tmp_path, dvae_file):
     spread = max(fp32) - min(fp32)
     ours = final(0, *PER_RESBLOCK)
     assert min(fp32) - spread <= ours <= max(fp32) + spread, (ours, fp32)
+
+
+# --------------------------------------------------------------------------- validation
+def test_validation_split_is_disjoint_seeded_and_logged(tmp_path, dvae_file):
+    from dalle_mini_impl.training.dalle import split_validation, val_size
+    text, image = torch.arange(100)[:, None], torch.arange(100)[:, None] + 1000
+    t1, i1, (vt, vi) = split_validation(text, image, None, seed=3)
+    assert len(vt) == val_size(100, None) == 5 and len(t1) == 95
+    assert not set(t1.flatten().tolist()) & set(vt.flatten().tolist())            # disjoint
+    assert torch.equal(i1 - 1000, t1) and torch.equal(vi - 1000, vt)              # pairs stay pairs
+    assert torch.equal(split_validation(text, image, None, seed=3)[2][0], vt)     # the same on resume
+    assert split_validation(text[:30], image[:30], None, seed=3)[2] is None       # too few to spare
+    main(_train_args(tmp_path, dvae_file, tmp_path / "v", "--steps", "2"))
+    line = json.loads((tmp_path / "v" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"val_loss", "val_image_loss", "conditioning_gain"} <= set(line)
+
+
+def test_conditioning_gain_is_zero_without_text_and_large_for_the_shipped_system():
+    from dalle_mini_impl.dalle import validation_losses
+    from dalle_mini_impl.datasets import ShapesDataset
+    from dalle_mini_impl.utils import data_dir
+    shipped = DALLE.load(data_dir() / "dalle_shapes_toy")
+    scenes = ShapesDataset(128, seed=7, split="train", n_objects=1)
+    text, image = shipped.encode_text(scenes.captions), shipped.encode_images(scenes.float_images())
+    gain = validation_losses(shipped.prior, text, image)["conditioning_gain"]
+    assert gain > 1.0, gain  # about 3 nats per image token: the shipped prior listens to the caption
+    with torch.no_grad():
+        shipped.prior.text_emb.weight.zero_()  # a prior that cannot tell one caption from another
+    assert validation_losses(shipped.prior, text, image)["conditioning_gain"] == 0.0

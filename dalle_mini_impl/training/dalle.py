@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..dalle import DALLE, DALLEConfig, dalle_loss, prior_config_for
+from ..dalle import DALLE, DALLEConfig, dalle_loss, prior_config_for, validation_losses
 from ..datasets import DEFAULT_HOLDOUT, course_captions, load_pairs
 from ..dvae import TOY_CHECKPOINT, DiscreteVAE
 from ..precision import Precision, ResblockPrecision, pick_precision
@@ -112,6 +112,7 @@ class DalleSettings:
     overwrite_shipped: bool = False
     max_nonfinite: int = 10            # stop after this many skipped (inf/NaN) updates in a row
     grad_scaling: str = "global"       # fp16: one loss scale, or per-resblock (appendix D)
+    val_pairs: int | None = None       # held out for validation (None: min(512, 5%); 0: none)
 
     # may differ between a run and its --resume (the data and the dVAE are compared by content)
     MAY_CHANGE = frozenset({"log_every", "sample_every", "ckpt_every", "threads", "progress", "workers",
@@ -205,7 +206,7 @@ def build(run: Run) -> torch.Tensor:
                                 "`python -m dalle_mini_impl.training dvae --out DIR` and pass --dvae DIR/dvae.pt")
     dvae = DiscreteVAE.load(dvae_path, map_location=run.device)
     images, captions = load_pairs(s.dataset, s.n_train, dvae.config.image_size, s.seed, s.objects)
-    fits = (len(images) // run.world) * run.world
+    fits = ((len(images) - val_size(len(images), s.val_pairs)) // run.world) * run.world
     if fits < run.batch:  # a small dataset: a batch is the whole of it
         if fits < 1:
             raise ValueError(f"the dataset has {len(images)} pairs, fewer than the {run.world} processes")
@@ -227,6 +228,26 @@ def build(run: Run) -> torch.Tensor:
     run.model = DALLE(tokenizer, dvae, DALLEConfig(prior=prior_cfg, text_weight=s.text_weight)).to(run.device)
     run.captions, run.dvae_path = captions, dvae_path
     return images
+
+
+def val_size(n: int, asked: int | None) -> int:
+    """Pairs held out for validation: ``asked``, else 5% up to 512 (none below 40 pairs)."""
+    if asked is not None:
+        if asked >= n - 1:
+            raise ValueError(f"--val-pairs {asked} leaves no training pairs of the {n}")
+        return asked
+    return 0 if n < 40 else min(512, n // 20)
+
+
+def split_validation(text_ids: torch.Tensor, image_ids: torch.Tensor, asked: int | None, seed: int):
+    """(train text, train image, (val text, val image) or None): a seeded random split, the
+    same on every resume of the run."""
+    n_val = val_size(len(text_ids), asked)
+    if n_val == 0:
+        return text_ids, image_ids, None
+    order = torch.randperm(len(text_ids), generator=torch.Generator().manual_seed(seed + 7919)).to(text_ids.device)
+    val, train = order[:n_val], order[n_val:].sort().values
+    return text_ids[train], image_ids[train], (text_ids[val], image_ids[val])
 
 
 # --------------------------------------------------------------------------- 3. pre-tokenise
@@ -420,10 +441,14 @@ def write_samples(run: Run, trainer: Trainer, step: int, model: DALLE | None = N
     save_image_grid(images, run.out / "samples" / f"step_{step:06d}.png", nrow=len(captions))
 
 
-def run_loop(run: Run, trainer: Trainer, text_ids: torch.Tensor, image_ids: torch.Tensor) -> tuple[int, dict]:
-    """Steps from ``trainer.start`` to the end (or ``--stop-after``); returns (step, last log)."""
+def run_loop(run: Run, trainer: Trainer, text_ids: torch.Tensor, image_ids: torch.Tensor,
+             val: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[int, dict]:
+    """Steps from ``trainer.start`` to the end (or ``--stop-after``); returns (step, last log).
+    Each logged step also records the validation losses and the caption's worth
+    (``dalle.validation_losses``: ``conditioning_gain``, nats per image token) on ``val``."""
     s = run.s
-    log = RunLog(fresh_log(run.out, s.resume) if run.rank == 0 else run.out / "metrics.jsonl", quiet=True)
+    log = RunLog(fresh_log(run.out, s.resume) if run.rank == 0 else run.out / "metrics.jsonl",
+                 quiet=s.progress)  # without the progress bar, one console line per logged step
     tokens_per_pair = run.model.text_len + run.model.grid ** 2
 
     start = trainer.start
@@ -453,8 +478,14 @@ def run_loop(run: Run, trainer: Trainer, text_ids: torch.Tensor, image_ids: torc
                         "tokens_per_s": seen * tokens_per_pair / elapsed, "elapsed_s": elapsed}
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
-                if run.rank == 0 and (step % s.log_every == 0 or step == s.steps):
-                    log.write(last)
+                if step % s.log_every == 0 or step == s.steps:
+                    if val is not None:  # every rank (FSDP needs them all); rank 0 logs
+                        with trainer.prec.autocast():
+                            v = validation_losses(run.model.prior, *val, s.text_weight, seed=s.seed)
+                        last.update(val_loss=v["loss"], val_image_loss=v["image"],
+                                    conditioning_gain=v["conditioning_gain"])
+                    if run.rank == 0:
+                        log.write(last)
                 if run.rank == 0 and s.sample_every and step % s.sample_every == 0:
                     write_samples(run, trainer, step)
                 if step % s.ckpt_every == 0 and step < s.steps:
@@ -531,8 +562,9 @@ def train_dalle(s: DalleSettings) -> dict:
     images = build(run)
     text_ids, image_ids = tokens_of(run, images)
     del images
+    text_ids, image_ids, val = split_validation(text_ids, image_ids, s.val_pairs, s.seed)
     trainer = Trainer(run)
-    step, last = run_loop(run, trainer, text_ids, image_ids)
+    step, last = run_loop(run, trainer, text_ids, image_ids, val)
     return finish(run, trainer, step, last, len(text_ids))
 
 
@@ -564,6 +596,9 @@ def add_parser(sub) -> None:
     p.add_argument("--sample-every", type=nonnegative_int, default=0,
                    help="write a sample grid every N steps (0: only at the end)")
     p.add_argument("--top-k", type=positive_int, default=32, help="top-k of the sample grids")
+    p.add_argument("--val-pairs", type=nonnegative_int, default=None,
+                   help="pairs held out for the validation loss and the conditioning gain logged with each "
+                        "log line (default: 5%%, at most 512, none below 40 pairs; 0: none)")
     p.add_argument("--grad-scaling", choices=["global", "per-resblock"], default="global",
                    help="fp16 only: one loss scale (torch.amp.GradScaler), or one gradient scale per resblock "
                         "(paper appendix D, lesson 07; on a CPU float16 gradients are emulated)")
