@@ -137,3 +137,14 @@ def test_the_shipped_models_are_not_overwritten_by_accident(tmp_path):
     from dalle_mini_impl.utils import data_dir
     with pytest.raises(ValueError, match="overwrite-shipped"):
         main(["dvae", "--steps", "1", "--out", str(data_dir() / "dvae_shapes_toy"), *TINY])
+
+
+def test_a_run_writes_reconstruction_grids_and_codebook_health(tmp_path):
+    out = tmp_path / "r"
+    main(["dvae", "--steps", "4", "--out", str(out), *TINY])
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"val_hard_mse", "val_perplexity", "val_dead_codes"} <= set(lines[-1])
+    assert sorted(p.name for p in (out / "recons").iterdir()) == ["step_000002.png", "step_000004.png"]
+    from PIL import Image
+    with Image.open(out / "recons" / "step_000004.png") as im:  # 8 real images above their reconstructions
+        assert im.size == (4 * (8 * 32 + 9), 4 * (2 * 32 + 3))

@@ -29,6 +29,7 @@ from ..dvae import DiscreteVAE, DVAEConfig, decoder_step, train_step
 from ..precision import Precision, as_precision, pick_precision
 from ..presets import get_preset
 from ..utils import get_device, load_checkpoint, progress_bar, save_checkpoint, seed_everything
+from ..viz import save_image_grid
 from .common import (GracefulStop, NonFiniteGuard, RunLog, add_common_args, check_resume, command_line,
                      data_digest, fresh_log, guard_shipped, nonnegative_float, nonnegative_int, positive_float,
                      positive_int, set_threads, truncate_log)
@@ -139,7 +140,8 @@ class DVAESettings:
 
 def _split(s: DVAESettings, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, held-out) images: shapes and digits have their own held-out split (shapes:
-    unseen colour-shape pairs); a folder or COCO file keeps its last images aside."""
+    unseen colour-shape pairs); a folder or COCO file keeps a seeded random tenth aside (not
+    its last files, which for sorted names would be one corner of the data)."""
     train = load_images(s.dataset, s.n_train, "train", image_size, s.seed)
     name = s.dataset.split(":")[0].strip().lower()
     if name in ("shapes", "digits"):
@@ -149,7 +151,8 @@ def _split(s: DVAESettings, image_size: int) -> tuple[torch.Tensor, torch.Tensor
         raise ValueError(f"{s.dataset} has {len(train)} image(s): too few to keep any aside for "
                          "evaluation; add images (at least 2, better hundreds)")
     n_eval = min(s.n_eval, max(1, len(train) // 10))
-    return train[:-n_eval], train[-n_eval:]
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(s.seed + 7919))
+    return train[order[n_eval:].sort().values], train[order[:n_eval]]
 
 
 def train_dvae(s: DVAESettings) -> dict:
@@ -219,9 +222,11 @@ def train_dvae(s: DVAESettings) -> dict:
             seen += batch
             if (step + 1) % s.log_every == 0 or step + 1 == total:
                 rec.update(step=step + 1, images_per_s=seen / (time.perf_counter() - t0), skipped=guard.total)
+                rec.update({f"val_{k}": v for k, v in _health(model, held[:256]).items()})
                 log.write(rec)
             if (step + 1) % s.ckpt_every == 0 and step + 1 < total:
                 save_resume(step + 1)
+                write_reconstructions(model, held, out / "recons" / f"step_{step + 1:06d}.png")
     train_time = time.perf_counter() - t0
     if stop < total:
         save_resume(stop)
@@ -232,6 +237,7 @@ def train_dvae(s: DVAESettings) -> dict:
     metrics.update(steps=s.steps, decoder_steps=s.decoder_steps, train_seconds=round(train_time, 1),
                    device=device.type, config=asdict(cfg), command=command_line())
     save_resume(total)
+    write_reconstructions(model, held, out / "recons" / f"step_{total:06d}.png")
     model.save(out / "dvae.pt", step=total, extra={"metrics": {k: v for k, v in metrics.items()
                                                                 if isinstance(v, (int, float))}})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -256,6 +262,30 @@ def _one_update(s: DVAESettings, model: DiscreteVAE, opt, train: torch.Tensor, b
         rec = decoder_step(model, opt, schedules["ids"][idx], train[idx], lr=lr, precision=prec)
     rec["lr"] = lr
     return rec
+
+
+def _health(model: DiscreteVAE, images: torch.Tensor) -> dict:
+    """Hard-token MSE, perplexity and dead codes on held-out images (a log line's worth)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        ids = model.encode(images)
+        mse = float(((model.decode(ids).cpu() - images.cpu()) ** 2).mean())
+    model.train(was)
+    counts = elb.codebook_usage(ids.cpu(), model.config.n_codes)
+    return {"hard_mse": mse, "perplexity": elb.perplexity(counts), "dead_codes": elb.dead_codes(counts)}
+
+
+def write_reconstructions(model: DiscreteVAE, images: torch.Tensor, path: Path, n: int = 8) -> None:
+    """A grid of held-out images (top row) above their hard-token reconstructions (bottom row):
+    what the tokens keep, the first thing to look at on your own data."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        real = images[:n]
+        recon = model.decode(model.encode(real)).cpu()
+    model.train(was)
+    save_image_grid(torch.cat([real.cpu(), recon]), path, nrow=len(real))
 
 
 def evaluate_dvae(model: DiscreteVAE, images: torch.Tensor) -> dict:
