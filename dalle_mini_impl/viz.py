@@ -138,6 +138,38 @@ def save_image_grid(images, path, nrow: int | None = None, upscale: int = 4) -> 
     img.save(path)
 
 
+def save_labelled_grid(rows, labels: Sequence[str], path, upscale: int = 4, chars: int | None = None) -> None:
+    """Write a PNG with one column per label: the images of each row of ``rows`` (tensors
+    (B, C, H, W) in [0, 1], the same B) stacked in the column, and the label written under it
+    (wrapped; PIL's built-in font, so nothing to download). Used for sample grids: the caption
+    under its real image and its samples."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows = [np.asarray(r.detach().cpu().float().clamp(0, 1)) if hasattr(r, "detach") else np.asarray(r) for r in rows]
+    n, (c, h, w) = len(labels), rows[0].shape[1:]
+    if any(len(r) != n for r in rows):
+        raise ValueError(f"every row needs one image per label ({n}), got {[len(r) for r in rows]}")
+    font = ImageFont.load_default()
+    cw, pad = w * upscale, 4
+    chars = chars or max(8, cw // 6)
+    wrapped = [textwrap.wrap(str(t), chars)[:4] for t in labels]
+    line_h = 12
+    text_h = line_h * max(1, max(len(x) for x in wrapped))
+    canvas = Image.new("RGB", (n * (cw + pad) + pad, len(rows) * (h * upscale + pad) + pad + text_h + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j in range(n):
+        x = pad + j * (cw + pad)
+        for i, r in enumerate(rows):
+            a = (r[j].transpose(1, 2, 0) * 255).round().astype(np.uint8)
+            tile = Image.fromarray(a[..., 0] if c == 1 else a).convert("RGB").resize((cw, h * upscale), Image.NEAREST)
+            canvas.paste(tile, (x, pad + i * (h * upscale + pad)))
+        y = pad + len(rows) * (h * upscale + pad)
+        for k, line in enumerate(wrapped[j]):
+            draw.text((x, y + k * line_h), line, fill="black", font=font)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
 def widgets_enabled() -> bool:
     """True when ipywidgets controls can be shown: inside a Jupyter kernel, ipywidgets
     installed, and not a headless run. The course and test commands set ``DALLE_HEADLESS=1``

@@ -207,6 +207,9 @@ def test_folder_dataset_trains(tmp_path, dvae_file):
     res = main(_with_dataset(args, "folder:" + str(ROOT / "data" / "sample_folder")))
     assert res == 0 and (out / "prior.pt").is_file()
     assert DALLE.load(out).tokenizer.bpe_vocab_size <= 512  # the cpu preset's BPE vocabulary
+    from PIL import Image
+    with Image.open(out / "samples" / "step_000002.png") as im:  # real image above the sample, caption below
+        assert im.height > 2 * 4 * 16 and im.width > 4 * 16
 
 
 def test_paper_preset_prints_instead_of_training(capsys):

@@ -51,7 +51,7 @@ from ..presets import Preset, get_preset
 from ..tokenizer import CaptionTokenizer, course_tokenizer
 from ..utils import (atomic_write_bytes, check_finite, data_dir, load_checkpoint, safe_load, save_checkpoint,
                      seed_everything)
-from ..viz import save_image_grid
+from ..viz import save_labelled_grid
 from . import distributed as D
 from .accel import compile_blocks, make_adamw, token_batches
 from .common import (GracefulStop, NonFiniteGuard, RunLog, StateOf, add_common_args, check_resume, command_line,
@@ -140,6 +140,7 @@ class Run:
     captions: list | None = None
     dvae_path: Path | None = None
     data_key: dict | None = None
+    examples: tuple[list[str], torch.Tensor] | None = None  # (captions, real images) the sample grids show
 
     @property
     def dataset_name(self) -> str:
@@ -239,14 +240,19 @@ def val_size(n: int, asked: int | None) -> int:
     return 0 if n < 40 else min(512, n // 20)
 
 
+def validation_indices(n: int, asked: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices) of ``n`` pairs: a seeded random split, the same on
+    every resume of the run (``val_size`` pairs held out)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    n_val = val_size(n, asked)
+    return order[n_val:].sort().values, order[:n_val]
+
+
 def split_validation(text_ids: torch.Tensor, image_ids: torch.Tensor, asked: int | None, seed: int):
-    """(train text, train image, (val text, val image) or None): a seeded random split, the
-    same on every resume of the run."""
-    n_val = val_size(len(text_ids), asked)
-    if n_val == 0:
+    """(train text, train image, (val text, val image) or None), split by ``validation_indices``."""
+    train, val = (i.to(text_ids.device) for i in validation_indices(len(text_ids), asked, seed))
+    if len(val) == 0:
         return text_ids, image_ids, None
-    order = torch.randperm(len(text_ids), generator=torch.Generator().manual_seed(seed + 7919)).to(text_ids.device)
-    val, train = order[:n_val], order[n_val:].sort().values
     return text_ids[train], image_ids[train], (text_ids[val], image_ids[val])
 
 
@@ -428,17 +434,39 @@ def with_weights(model: DALLE, ema: dict | None, fn):
         model.prior.load_state_dict(current)
 
 
+def sample_examples(run: Run, images: torch.Tensor, val_idx: torch.Tensor) -> None:
+    """The (caption, real image) pairs the sample grids show: up to 8 validation pairs (else
+    training pairs) whose captions the model reads whole; on shapes, fixed captions of training
+    and held-out colour-shape pairs instead (their real images are any of many scenes)."""
+    if run.dataset_name == "shapes":
+        return
+    model, seen, pick = run.model, set(), []
+    for i in (val_idx.tolist() or range(len(images))):
+        c = run.captions[i]
+        if c not in seen and len(model.tokenizer.tokens(c)) <= model.text_len:
+            seen.add(c)
+            pick.append(i)
+        if len(pick) == 8:
+            break
+    if pick:
+        run.examples = ([run.captions[i] for i in pick], images[pick].cpu())
+
+
 def write_samples(run: Run, trainer: Trainer, step: int, model: DALLE | None = None) -> None:
-    """A grid of one sample per caption into OUT/samples/ (``model``: default the run's)."""
+    """OUT/samples/step_N.png: one column per caption -- its real image above (own data), the
+    sample below, the caption written under them (``model``: default the run's)."""
     model = model or run.model
-    captions = SHAPES_SAMPLE_CAPTIONS if run.dataset_name == "shapes" else \
-        [c for c in dict.fromkeys(run.captions) if len(model.tokenizer.tokens(c)) <= model.text_len][:8]
-    if not captions:  # every training caption is longer than the model reads
+    if run.dataset_name == "shapes":
+        captions, real = SHAPES_SAMPLE_CAPTIONS, None
+    elif run.examples is not None:
+        captions, real = run.examples
+    else:  # every caption is longer than the model reads
         return
     prec = trainer.prec.compute if isinstance(trainer.prec, ResblockPrecision) else trainer.prec
     images = with_weights(model, trainer.ema, lambda: model.generate(captions, 1, top_k=run.s.top_k, seed=0,
                                                                      precision=prec))
-    save_image_grid(images, run.out / "samples" / f"step_{step:06d}.png", nrow=len(captions))
+    save_labelled_grid([images] if real is None else [real, images], captions,
+                       run.out / "samples" / f"step_{step:06d}.png", upscale=3)
 
 
 def run_loop(run: Run, trainer: Trainer, text_ids: torch.Tensor, image_ids: torch.Tensor,
@@ -561,6 +589,7 @@ def train_dalle(s: DalleSettings) -> dict:
     run = setup(s)
     images = build(run)
     text_ids, image_ids = tokens_of(run, images)
+    sample_examples(run, images, validation_indices(len(images), s.val_pairs, s.seed)[1])
     del images
     text_ids, image_ids, val = split_validation(text_ids, image_ids, s.val_pairs, s.seed)
     trainer = Trainer(run)
