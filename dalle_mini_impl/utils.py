@@ -258,17 +258,25 @@ def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module | None = 
     state = safe_load(path, map_location)
     if not isinstance(state, dict) or state.get("format", "").split("/")[0] != "dalle_mini_impl.checkpoint":
         raise ValueError(f"{path} was not written by dalle_mini_impl.save_checkpoint")
+    restore_checkpoint(state, model=model, optimizer=optimizer, restore_rng=restore_rng, where=path)
+    return state
+
+
+def restore_checkpoint(state: dict[str, Any], *, model: torch.nn.Module | None = None,
+                       optimizer: torch.optim.Optimizer | None = None, restore_rng: bool = False,
+                       where: str | os.PathLike = "the checkpoint") -> None:
+    """Put a loaded checkpoint's states back: into ``model`` and ``optimizer``, and the RNGs.
+    (A resume reads resume.pt once, checks it is the same run, then calls this.)"""
     if model is not None:
         if state["model"] is None:
-            raise ValueError(f"{path} holds no model weights")
+            raise ValueError(f"{where} holds no model weights")
         model.load_state_dict(state["model"])
     if optimizer is not None:
         if state["optimizer"] is None:
-            raise ValueError(f"{path} holds no optimizer state")
+            raise ValueError(f"{where} holds no optimizer state")
         optimizer.load_state_dict(state["optimizer"])
     if restore_rng and state.get("rng") is not None:
         set_rng_state(state["rng"])
-    return state
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -9,6 +9,7 @@ by ``utils.save_checkpoint``), ``metrics.jsonl`` (one line per logged step) and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import signal
@@ -99,14 +100,14 @@ def nonnegative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = _number(text, float)
-    if not value > 0 or value != value or value == float("inf"):
+    if not 0 < value < float("inf"):  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
 def nonnegative_float(text: str) -> float:
     value = _number(text, float)
-    if not value >= 0 or value == float("inf"):
+    if not 0 <= value < float("inf"):  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
@@ -167,6 +168,12 @@ def guard_shipped(out: str | Path, allowed: bool) -> None:
     if not allowed and (target == shipped or shipped in target.parents) and target.exists():
         raise ValueError(f"--out {out} is inside the shipped data/ folder, which the lessons read: write to "
                          "another folder (e.g. runs/...), or add --overwrite-shipped to regenerate the shipped file")
+
+
+def settings_from_args(cls, args: argparse.Namespace):
+    """A settings dataclass from parsed options (its fields are the options' dests); a
+    command's ``from_args = classmethod(settings_from_args)``."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def plain_args(args: argparse.Namespace) -> dict:
@@ -237,6 +244,13 @@ def data_digest(images: torch.Tensor, captions: list[str] | None = None) -> str:
     for c in captions or []:
         h.update(c.encode("utf-8", "surrogatepass") + b"\0")
     return h.hexdigest()[:20]
+
+
+def held_out_split(n: int, n_held: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept indices in order, held-out indices): ``n_held`` of ``n`` items drawn at random from
+    ``seed``, so the same run (and its resumes) always holds out the same ones."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    return order[n_held:].sort().values, order[:n_held]
 
 
 def file_digest(path: Path) -> str:

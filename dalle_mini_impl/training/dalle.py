@@ -37,7 +37,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -49,14 +49,15 @@ from ..dvae import TOY_CHECKPOINT, DiscreteVAE
 from ..precision import Precision, ResblockPrecision, pick_precision
 from ..presets import Preset, get_preset
 from ..tokenizer import CaptionTokenizer, course_tokenizer
-from ..utils import (atomic_write_bytes, check_finite, data_dir, load_checkpoint, safe_load, save_checkpoint,
-                     seed_everything)
+from ..utils import (atomic_write_bytes, check_finite, data_dir, load_checkpoint, restore_checkpoint, safe_load,
+                     save_checkpoint, seed_everything)
 from ..viz import save_labelled_grid
 from . import distributed as D
 from .accel import compile_blocks, make_adamw, token_batches
 from .common import (GracefulStop, NonFiniteGuard, RunLog, StateOf, add_common_args, check_resume, command_line,
-                     data_digest, decay, file_digest, fresh_log, guard_shipped, nonnegative_float,
-                     nonnegative_int, positive_float, positive_int, set_threads, truncate_log)
+                     data_digest, decay, file_digest, fresh_log, guard_shipped, held_out_split,
+                     nonnegative_float, nonnegative_int, positive_float, positive_int, set_threads,
+                     settings_from_args, truncate_log)
 from .sizing import paper_report
 
 SHAPES_SAMPLE_CAPTIONS = [
@@ -119,9 +120,7 @@ class DalleSettings:
                             "compile", "device", "top_k", "save_fp16", "max_nonfinite", "precision",
                             "dataset", "dvae"})
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "DalleSettings":
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+    from_args = classmethod(settings_from_args)
 
 
 @dataclass
@@ -243,9 +242,7 @@ def val_size(n: int, asked: int | None) -> int:
 def validation_indices(n: int, asked: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train indices, validation indices) of ``n`` pairs: a seeded random split, the same on
     every resume of the run (``val_size`` pairs held out)."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
-    n_val = val_size(n, asked)
-    return order[n_val:].sort().values, order[:n_val]
+    return held_out_split(n, val_size(n, asked), seed)
 
 
 def split_validation(text_ids: torch.Tensor, image_ids: torch.Tensor, asked: int | None, seed: int):
@@ -258,16 +255,18 @@ def split_validation(text_ids: torch.Tensor, image_ids: torch.Tensor, asked: int
 
 # --------------------------------------------------------------------------- 3. pre-tokenise
 def pretokenise(model: DALLE, images: torch.Tensor, captions: list[str], cache: Path | None,
-                key: dict) -> tuple[torch.Tensor, torch.Tensor]:
+                key: dict, say: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Text ids (M, T) and dVAE image ids (M, N) of a dataset, computed once and cached in
     ``cache`` under ``key`` (the data's content hash, the dVAE file's hash, the tokenizer):
     later runs and resumes read the file instead of running the dVAE encoder again, and a
     repainted image or an edited caption rebuilds it. The cache holds tensors and plain values
-    only and is read with ``weights_only=True``."""
+    only and is read with ``weights_only=True``. ``say``: print a line before the encoding."""
     if cache is not None and cache.is_file():
         state = safe_load(cache)
         if state.get("key") == key:
             return state["text"], state["image"]
+    if say:
+        print(f"pre-tokenising {len(images):,} images with the dVAE (once; cached in {cache}) ...", flush=True)
     with warnings.catch_warnings():  # training captions longer than text_len are cut (and counted)
         warnings.simplefilter("ignore")
         text = model.tokenizer.encode(captions)  # (M, T)
@@ -288,9 +287,7 @@ def tokens_of(run: Run, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     run.data_key = key
     cache = run.out / "tokens.pt"
     if run.rank == 0:
-        if not (cache.is_file() and safe_load(cache).get("key") == key):
-            print(f"pre-tokenising {len(images):,} images with the dVAE (once; cached in {cache}) ...", flush=True)
-        text_ids, image_ids = pretokenise(model, images, run.captions, cache, key)
+        text_ids, image_ids = pretokenise(model, images, run.captions, cache, key, say=True)
     D.barrier(run.world)
     if run.rank != 0:
         text_ids, image_ids = pretokenise(model, images, run.captions, cache, key)
@@ -344,23 +341,22 @@ class Trainer:
         if extra.get("precision") not in (None, self.prec.name):
             raise ValueError(f"--resume: the run trained in {extra['precision']}, this call would train in "
                              f"{self.prec.name}; pass --precision {extra['precision']}")
-        if run.s.fsdp:
-            state = load_checkpoint(self.resume_path, restore_rng=True, map_location="cpu")
+        if run.s.fsdp:  # every rank reads the whole state and keeps its shard
             D.load_full_state(prior, self.opt, state["model"], state["optimizer"])
+            restore_checkpoint(state, restore_rng=True)
         else:
-            state = load_checkpoint(self.resume_path, model=prior, optimizer=self.opt, restore_rng=True,
-                                    map_location=run.device)
+            restore_checkpoint(state, model=prior, optimizer=self.opt, restore_rng=True, where=self.resume_path)
         self.guard.total = extra.get("skipped_total", 0)
         if run.rank == 0:
             for note in notes:
                 print(f"resume: {note}", flush=True)
             truncate_log(run.out / "metrics.jsonl", state["step"])
-        if self.ema is not None and state["extra"].get("ema") is not None:
-            self.ema = {k: v.to(run.device) for k, v in state["extra"]["ema"].items()}
-        if self.prec.scaler is not None and state["extra"].get("scaler"):
-            self.prec.scaler.load_state_dict(state["extra"]["scaler"])
+        if self.ema is not None and extra.get("ema") is not None:
+            self.ema = {k: v.to(run.device) for k, v in extra["ema"].items()}
+        if self.prec.scaler is not None and extra.get("scaler"):
+            self.prec.scaler.load_state_dict(extra["scaler"])
         if isinstance(self.prec, ResblockPrecision):
-            self.prec.load_state_dict(state["extra"]["grad_scales"])
+            self.prec.load_state_dict(extra["grad_scales"])
         if run.rank == 0:
             print(f"resumed from {self.resume_path} at step {state['step']}", flush=True)
         return state["step"]

@@ -15,10 +15,9 @@ the seed-to-seed spread its claims are checked against.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,11 +27,12 @@ from ..datasets import load_images
 from ..dvae import DiscreteVAE, DVAEConfig, decoder_step, train_step
 from ..precision import Precision, as_precision, pick_precision
 from ..presets import get_preset
-from ..utils import get_device, load_checkpoint, progress_bar, save_checkpoint, seed_everything
+from ..utils import (get_device, load_checkpoint, progress_bar, restore_checkpoint, save_checkpoint,
+                     seed_everything)
 from ..viz import save_image_grid
 from .common import (GracefulStop, NonFiniteGuard, RunLog, add_common_args, check_resume, command_line,
-                     data_digest, fresh_log, guard_shipped, nonnegative_float, nonnegative_int, positive_float,
-                     positive_int, set_threads, truncate_log)
+                     data_digest, fresh_log, guard_shipped, held_out_split, nonnegative_float, nonnegative_int,
+                     positive_float, positive_int, set_threads, settings_from_args, truncate_log)
 
 
 def short_run(train_images: torch.Tensor, probe: torch.Tensor, *, steps: int = 200, batch: int = 32,
@@ -114,9 +114,7 @@ class DVAESettings:
     MAY_CHANGE = frozenset({"log_every", "ckpt_every", "threads", "device", "precision", "dataset",
                             "max_nonfinite", "overwrite_shipped"})
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "DVAESettings":
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+    from_args = classmethod(settings_from_args)
 
     def model_config(self, device: torch.device) -> DVAEConfig:
         """The dVAE these settings build: the preset's sizes, overridden by the options."""
@@ -151,8 +149,8 @@ def _split(s: DVAESettings, image_size: int) -> tuple[torch.Tensor, torch.Tensor
         raise ValueError(f"{s.dataset} has {len(train)} image(s): too few to keep any aside for "
                          "evaluation; add images (at least 2, better hundreds)")
     n_eval = min(s.n_eval, max(1, len(train) // 10))
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(s.seed + 7919))
-    return train[order[n_eval:].sort().values], train[order[:n_eval]]
+    kept, held = held_out_split(len(train), n_eval, s.seed)
+    return train[kept], train[held]
 
 
 def train_dvae(s: DVAESettings) -> dict:
@@ -186,15 +184,15 @@ def train_dvae(s: DVAESettings) -> dict:
     guard = NonFiniteGuard(s.max_nonfinite)
     start = 0
     if s.resume:
-        saved = load_checkpoint(out / "resume.pt")["extra"]
+        state = load_checkpoint(out / "resume.pt")
+        saved = state["extra"]
         for note in check_resume(saved.get("settings", {}), asdict(s), DVAESettings.MAY_CHANGE,
                                  steps_key="decoder_steps"):
             print(f"resume: {note}", flush=True)
         if saved.get("data", data) != data or saved.get("precision", prec.name) != prec.name:
             raise ValueError("--resume: the training images or the precision differ from those of the run in "
                              "resume.pt; use the same, or start a new run in another --out")
-        state = load_checkpoint(out / "resume.pt", model=model, optimizer=opt, restore_rng=True,
-                                map_location=device)
+        restore_checkpoint(state, model=model, optimizer=opt, restore_rng=True, where=out / "resume.pt")
         start = state["step"]
         g.set_state(state["extra"]["generator"])
         guard.total = saved.get("skipped_total", 0)
@@ -222,7 +220,8 @@ def train_dvae(s: DVAESettings) -> dict:
             seen += batch
             if (step + 1) % s.log_every == 0 or step + 1 == total:
                 rec.update(step=step + 1, images_per_s=seen / (time.perf_counter() - t0), skipped=guard.total)
-                rec.update({f"val_{k}": v for k, v in _health(model, held[:256]).items()})
+                health = evaluate_dvae(model, held[:256])
+                rec.update({f"val_{k}": health[k] for k in ("hard_mse", "perplexity", "dead_codes")})
                 log.write(rec)
             if (step + 1) % s.ckpt_every == 0 and step + 1 < total:
                 save_resume(step + 1)
@@ -264,18 +263,6 @@ def _one_update(s: DVAESettings, model: DiscreteVAE, opt, train: torch.Tensor, b
     return rec
 
 
-def _health(model: DiscreteVAE, images: torch.Tensor) -> dict:
-    """Hard-token MSE, perplexity and dead codes on held-out images (a log line's worth)."""
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        ids = model.encode(images)
-        mse = float(((model.decode(ids).cpu() - images.cpu()) ** 2).mean())
-    model.train(was)
-    counts = elb.codebook_usage(ids.cpu(), model.config.n_codes)
-    return {"hard_mse": mse, "perplexity": elb.perplexity(counts), "dead_codes": elb.dead_codes(counts)}
-
-
 def write_reconstructions(model: DiscreteVAE, images: torch.Tensor, path: Path, n: int = 8) -> None:
     """A grid of held-out images (top row) above their hard-token reconstructions (bottom row):
     what the tokens keep, the first thing to look at on your own data."""
@@ -289,12 +276,16 @@ def write_reconstructions(model: DiscreteVAE, images: torch.Tensor, path: Path, 
 
 
 def evaluate_dvae(model: DiscreteVAE, images: torch.Tensor) -> dict:
-    """Hard-token reconstruction MSE and codebook health on ``images`` (held out)."""
+    """Hard-token reconstruction MSE and codebook health on ``images`` (held out); the model
+    is left in the mode it was in (training calls this for each log line)."""
+    was = model.training
     model.eval()
-    t = time.perf_counter()
-    ids = model.encode(images)
-    encode_s = time.perf_counter() - t
-    recon = model.decode(ids).cpu()
+    with torch.no_grad():
+        t = time.perf_counter()
+        ids = model.encode(images)
+        encode_s = time.perf_counter() - t
+        recon = model.decode(ids).cpu()
+    model.train(was)
     counts = elb.codebook_usage(ids.cpu(), model.config.n_codes)
     return {"n_eval": len(images), "hard_mse": float(((recon - images.cpu()) ** 2).mean()),
             "perplexity": elb.perplexity(counts), "dead_codes": elb.dead_codes(counts),
