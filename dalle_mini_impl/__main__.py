@@ -1,10 +1,14 @@
-"""Command line: generate images from a caption with a trained DALL-E system.
+"""Command line: generate images from a caption with a trained DALL-E system, and report on a
+training run.
 
     python -m dalle_mini_impl generate "a small red circle on the left" --n 8 --out grid.png
+    python -m dalle_mini_impl report runs/dalle          # -> runs/dalle/report.html
 
 ``--model`` is a directory written by ``python -m dalle_mini_impl.training dalle`` (default: the
 tiny system shipped in data/dalle_shapes_toy). Several captions may be given; the grid has
 one row per caption. Sampling: ``--temperature``, ``--top-k``, ``--top-p``, ``--seed``.
+``report`` writes one self-contained HTML page of a run's curves and grids
+(:mod:`dalle_mini_impl.training.report`).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import torch
 from .dalle import DALLE
 from .precision import PRECISION_CHOICES
 from .training.common import positive_int
+from .training.report import read_run, summary_lines, write_report
 from .utils import data_dir, free_cores, get_device
 from .viz import save_image_grid
 
@@ -45,7 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: $DALLE_PRECISION, else auto (bf16 where the device computes it "
                         "natively, else float32)")
     g.add_argument("--upscale", type=int, default=4, help="pixel size of the PNG grid")
+    r = sub.add_parser("report", help="a training run -> one self-contained HTML page of its curves and grids")
+    r.add_argument("run", help="the --out directory of a training run (e.g. runs/dalle)")
+    r.add_argument("--out", default=None, help="HTML file to write (default: RUN/report.html)")
     return parser
+
+
+def report_command(args: argparse.Namespace) -> Path:
+    out = write_report(args.run, args.out)
+    for line in summary_lines(read_run(args.run)):
+        print(line)
+    print(f"wrote {out} (open it in a browser; in Colab: IPython.display.HTML(open(path).read()))")
+    return out
 
 
 def generate_command(args: argparse.Namespace) -> Path:
@@ -69,7 +85,7 @@ def generate_command(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        generate_command(args)
+        (report_command if args.command == "report" else generate_command)(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
