@@ -320,6 +320,7 @@ class ActivationGradHooks:
         self._found_nonfinite = [torch.zeros((), dtype=torch.bool) for _ in range(self.n_blocks)]
         self.stats: list[list[dict]] = []
         self._pending: dict[int, dict] = {}
+        self._expected: dict[int, int] = {}  # per resblock, the records the next backward makes
         self._handles = []
         for i, g in enumerate(groups):
             for m in g:
@@ -331,6 +332,8 @@ class ActivationGradHooks:
         def hook(module, args):
             if not torch.is_grad_enabled() or not args or not isinstance(args[0], torch.Tensor):
                 return None
+            if args[0].requires_grad:  # its backward will record the gradient leaving the branch
+                self._expected[i] = self._expected.get(i, 0) + 1
             return (_UnscaleOutOfBranch.apply(args[0], self, i), *args[1:])
         return hook
 
@@ -338,6 +341,10 @@ class ActivationGradHooks:
         def hook(module, args, out):
             if not torch.is_grad_enabled():
                 return None
+            y = out if isinstance(out, torch.Tensor) else (
+                out[0] if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor) else None)
+            if y is not None and y.requires_grad:  # its backward will record the gradient entering
+                self._expected[i] = self._expected.get(i, 0) + 1
             if isinstance(out, torch.Tensor):
                 return _ScaleIntoBranch.apply(out, self, i)
             if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
@@ -365,13 +372,17 @@ class ActivationGradHooks:
         for k in ("zero", "subnormal", "nonfinite", "numel"):
             d[k] += st[k]
         d["amax"] = max(d.get("amax", 0.0), float(stored.detach().abs().max()))  # as stored (scaled)
-        if true_grad is not None:
-            d["norm"] = float(true_grad.norm())
+        if true_grad is not None:  # the largest true gradient entering one of the block's branches
+            d["norm"] = max(d.get("norm", 0.0), float(true_grad.norm()))
         d[where] = True
-        if all(("in" in self._pending.get(j, {}) and "out" in self._pending.get(j, {}))
+        d["records"] = d.get("records", 0) + 1
+        # a backward is complete when every branch entry and exit the forward pass wrapped has
+        # recorded (2 per branch, 1 for a branch whose input needs no gradient): only then is the
+        # row appended, so one row never mixes two backwards or two blocks
+        if all(self._pending.get(j, {}).get("records", 0) >= self._expected.get(j, 1)
                for j in range(self.n_blocks)):
             self.stats.append([self._pending[j] for j in range(self.n_blocks)])
-            self._pending = {}
+            self._pending, self._expected = {}, {}
 
     def last(self, key: str) -> list[float]:
         """Latest backward's per-resblock "norm", "underflow" (zero+subnormal fraction) or a count."""
@@ -383,7 +394,7 @@ class ActivationGradHooks:
     def reset(self) -> None:
         """Forget this backward's non-finite flags (``step`` does this)."""
         self._found_nonfinite = [torch.zeros_like(f) for f in self._found_nonfinite]
-        self._pending = {}
+        self._pending, self._expected = {}, {}
 
     def remove(self) -> None:
         for h in self._handles:

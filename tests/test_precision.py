@@ -347,4 +347,14 @@ def test_transformer_style_block_with_two_branches():
     sc.step(torch.optim.SGD(blocks.parameters(), lr=0.0))
     for p, r in zip(blocks.parameters(), ref):
         torch.testing.assert_close(p.grad, r, rtol=1e-4, atol=1e-6)
+    # one backward gives one row of statistics, each block counting both of its branches'
+    # gradients at entry and exit (a row used to close after the first branch of each block)
+    sc.stats.clear()
+    blocks.zero_grad()
+    blocks(x).square().sum().backward()
+    assert len(sc.stats) == 1 and not sc._pending
+    assert [row["numel"] for row in sc.stats[0]] == [3 * x.numel(), 4 * x.numel()]  # block 0: x needs no grad
+    blocks.zero_grad()
+    blocks(x).square().sum().backward()
+    assert len(sc.stats) == 2 and sc.stats[1] == sc.stats[0]
     sc.remove()
