@@ -332,6 +332,8 @@ class ActivationGradHooks:
         def hook(module, args):
             if not torch.is_grad_enabled() or not args or not isinstance(args[0], torch.Tensor):
                 return None
+            if i == 0 and module is self.groups[0][0]:  # a new forward pass: count its branches afresh
+                self._expected = {}
             if args[0].requires_grad:  # its backward will record the gradient leaving the branch
                 self._expected[i] = self._expected.get(i, 0) + 1
             return (_UnscaleOutOfBranch.apply(args[0], self, i), *args[1:])
