@@ -22,7 +22,7 @@ import torch
 from .dalle import DALLE
 from .precision import PRECISION_CHOICES
 from .training.common import positive_int
-from .training.report import read_run, summary_lines, write_report
+from .training.report import read_run, report_page, summary_lines
 from .utils import data_dir, free_cores, get_device
 from .viz import save_image_grid
 
@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def report_command(args: argparse.Namespace) -> Path:
-    out = write_report(args.run, args.out)
-    for line in summary_lines(read_run(args.run)):
+    info = read_run(args.run)  # read once: the page and the console summary
+    out = report_page(info, args.out)
+    for line in summary_lines(info):
         print(line)
     print(f"wrote {out} (open it in a browser; in Colab: IPython.display.HTML(open(path).read()))")
     return out

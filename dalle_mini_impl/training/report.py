@@ -112,16 +112,15 @@ def _panels(kind: str, rows: list[dict]) -> list:
 
 def curves_png(kind: str, rows: list[dict]) -> bytes | None:
     """The run's curves, one panel per quantity, as PNG bytes (None: nothing to plot)."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend switched, nothing left open
 
     panels = [p for p in _panels(kind, rows) if any(_series(rows, k)[0] for k, _ in p[2])]
     if not panels:
         return None
     cols = 2 if len(panels) > 1 else 1
     nrows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 3.6 * nrows), squeeze=False)
+    fig = Figure(figsize=(6.5 * cols, 3.6 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False)
     styles = ["o-", "s--", "^-.", "d:", "v-"]
     for ax, (title, ylabel, keys, log_y) in zip(axes.flat, panels):
         for (key, label), style in zip(keys, styles):
@@ -142,7 +141,6 @@ def curves_png(kind: str, rows: list[dict]) -> bytes | None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -191,7 +189,11 @@ def summary_lines(info: dict) -> list[str]:
 
 def write_report(run: str | Path, out: str | Path | None = None) -> Path:
     """Write RUN/report.html (or ``out``) and return its path."""
-    info = read_run(run)
+    return report_page(read_run(run), out)
+
+
+def report_page(info: dict, out: str | Path | None = None) -> Path:
+    """Write the page for a run already read by :func:`read_run`; return its path."""
     run = info["run"]
     out = Path(out) if out else run / "report.html"
     if out.suffix.lower() not in (".html", ".htm"):
