@@ -16,6 +16,9 @@ torch.cuda.max_memory_allocated.
 
 Then it samples a 64-token image (8x8 grid) for 16 captions of 32 tokens with the CPU
 preset's transformer (4 layers, d_model 256, 4 heads), with and without the KV cache.
+Last, the short-sequence CPU table behind ``attention.CPU_WRITTEN_OUT_MAX_LEN`` (``--short-only``
+prints it alone): one attention call forward + backward, batch 32, 4 heads of 64, one thread,
+through SDPA's fused kernel, its MATH kernel and the written-out reference, bf16 and float32.
 Timings are the best of a few runs (the least disturbed by other processes); they vary
 from run to run and machine to machine.
 """
@@ -139,20 +142,63 @@ def bench_kv_cache(device: torch.device, repeats: int) -> None:
           f"speed-up: {result[False] / result[True]:.1f}x")
 
 
+def bench_short_cpu(repeats: int) -> None:
+    """The figures behind ``attention.CPU_WRITTEN_OUT_MAX_LEN``: one attention call forward +
+    backward on CPU with one thread, batch 32, 4 heads of 64 (the toy prior's shape), a causal
+    mask, through SDPA's fused kernel, SDPA's MATH kernel and the written-out
+    ``attention_reference``, in bfloat16 and float32, at the toy's 96 keys and at 384."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    print("\n== short sequences on cpu (1 thread): forward + backward, batch 32, 4 heads x 64, causal")
+    print(f"{'dtype':>9} {'L':>5} {'fused ms':>9} {'MATH ms':>9} {'written-out ms':>15}")
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float32):
+        for L in (96, 384):
+            q, k, v = (torch.randn(32, 4, L, 64, generator=g).to(dtype).requires_grad_()
+                       for _ in range(3))
+            mask = torch.ones(L, L, dtype=torch.bool).tril()
+
+            def step(fn):
+                def run():
+                    out = fn()
+                    out.float().sum().backward()
+                    return out.detach()
+                return run
+
+            def sdpa(backend):
+                def fn():
+                    with sdpa_kernel(backend):
+                        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                return fn
+            row = [measure(step(f), torch.device("cpu"), repeats)[0]
+                   for f in (sdpa(SDPBackend.FLASH_ATTENTION), sdpa(SDPBackend.MATH),
+                             lambda: attention_reference(q, k, v, mask))]
+            print(f"{str(dtype).split('.')[-1]:>9} {L:>5} {row[0]:>9.1f} {row[1]:>9.1f} {row[2]:>15.1f}",
+                  flush=True)
+    torch.set_num_threads(threads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile-flex", action="store_true",
                         help="also time torch.compile(flex_attention) on CPU")
     parser.add_argument("--cpu-only", action="store_true")
+    parser.add_argument("--short-only", action="store_true",
+                        help="only the short-sequence CPU table (fused vs MATH vs written out)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, flex_attention available: {FLEX_AVAILABLE}")
+    if args.short_only:
+        bench_short_cpu(args.repeats)
+        return
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.cpu_only:
         devices.append(torch.device("cuda"))
     for device in devices:
         bench_paths(device, args.repeats, args.compile_flex)
         bench_kv_cache(device, args.repeats)
+    bench_short_cpu(args.repeats)
 
 
 if __name__ == "__main__":
