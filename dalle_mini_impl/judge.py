@@ -72,7 +72,7 @@ class ShapesJudge(nn.Module):
         return out
 
     @torch.no_grad()
-    def read(self, images: torch.Tensor, batch_size: int = 512) -> list[dict]:
+    def read(self, images: torch.Tensor, batch_size: int = 128) -> list[dict]:
         """The attributes the judge sees in each image, in canonical form."""
         was = self.training
         self.eval()

@@ -95,7 +95,7 @@ def _as_float_images(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def judge_features(judge: ShapesJudge, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def judge_features(judge: ShapesJudge, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """(N, 3, S, S) -> (N, 256): the judge's penultimate layer, our FID feature space."""
     judge.eval()
     dev = next(judge.parameters()).device
@@ -110,7 +110,7 @@ def fid(judge: ShapesJudge, real_images: torch.Tensor, fake_images: torch.Tensor
 
 
 @torch.no_grad()
-def class_probabilities(judge: ShapesJudge, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def class_probabilities(judge: ShapesJudge, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """(N, 24): p(colour, shape | x) of the first object as the judge reads it
     (the product of its colour and shape heads' softmax)."""
     judge.eval()
