@@ -1,0 +1,367 @@
+"""``diffusion``: denoising diffusion with text conditioning and guidance -- GLIDE in miniature.
+
+Papers: Ho et al. 2020, *Denoising Diffusion Probabilistic Models* (DDPM: the forward process
+in closed form, eq. 4; epsilon prediction, eq. 11; the simple loss, eq. 14; ancestral
+sampling, algorithm 2); Song et al. 2021, *Denoising Diffusion Implicit Models* (DDIM, eq. 12:
+few-step sampling, eta sets how much fresh noise each step adds); Nichol & Dhariwal 2021
+(the cosine schedule, section 3.2); Nichol et al. 2021, *GLIDE* (section 2.3 classifier-free
+guidance, section 2.4 CLIP guidance, the text encoder's tokens appended to every attention
+layer's context, section 3; inpainting, section 4).
+
+The process (x_0 an image scaled to [-1, 1], t = 1..T, abar_t = prod_{s <= t} (1 - beta_s)):
+
+    q(x_t | x_0) = N( sqrt(abar_t) x_0, (1 - abar_t) I )       so x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
+    L_simple     = E_{t, x_0, eps} || eps - eps_theta(x_t, t, c) ||^2
+    x0_hat       = (x_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t)
+
+Sampling walks a decreasing sequence of timesteps t > s (all T of them, or a few for DDIM):
+
+    x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_theta + sigma z,
+    sigma = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s)
+
+eta = 0 is the deterministic DDIM sampler; eta = 1 over every step is DDPM's ancestral sampler
+with the posterior variance beta~_t (:meth:`GaussianDiffusion.ddpm_sample` writes that one out
+with the posterior mean, and the tests check the two agree).
+
+Guidance (GLIDE 2.3, 2.4), both as a change to the predicted noise:
+
+* classifier-free: the model is trained with the caption dropped to the empty caption (all
+  padding ids) a fraction of the time; at sampling
+  ``eps = eps(x_t | empty) + w (eps(x_t | c) - eps(x_t | empty))``; w = 1 is plain
+  conditional sampling (computed as such: exactly the unguided samples), w > 1 trades
+  diversity for fidelity to the caption.
+* CLIP guidance: a noise-aware CLIP scores (x_t, t) against the caption; its gradient moves
+  the mean, ``eps <- eps - s sqrt(1 - abar_t) grad_x (f(x_t, t) . g(c))`` (Dhariwal & Nichol
+  2021, eq. 14, the DDIM form of GLIDE's mu + s Sigma grad).
+
+Inpainting by replacement (GLIDE section 4 describes it as the earlier method and fine-tunes
+instead; replacement needs no training): after every step the known pixels are overwritten
+with the known image noised to the new timestep, and at the end with the image itself, so
+the pixels outside the erased region come back unchanged.
+
+The model, :class:`TextUNet`: a small U-Net over 32x32 images (ResBlocks with the timestep
+and the pooled caption as a scale and shift of their group norm; self-attention at the
+lowest resolution whose keys and values also hold the caption's token features, as GLIDE's
+do), and a small transformer text encoder over the course's caption tokenizer. An optional
+``embed_dim`` adds a conditioning vector (unCLIP's CLIP image embedding) to the timestep
+embedding.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> predicted noise
+
+
+# --------------------------------------------------------------------------- the process
+def cosine_abar(T: int, s: float = 0.008) -> torch.Tensor:
+    """abar_t for t = 0..T (index 0 is abar_0 = 1) of Nichol & Dhariwal's cosine schedule,
+    betas clipped at 0.999. float64, (T + 1,)."""
+    steps = torch.arange(T + 1, dtype=torch.float64)
+    f = torch.cos((steps / T + s) / (1 + s) * math.pi / 2) ** 2
+    abar = f / f[0]
+    betas = (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+    return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
+
+
+def linear_abar(T: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> torch.Tensor:
+    """abar_t for t = 0..T of DDPM's linear schedule (betas 1e-4 .. 0.02 at T = 1000, rescaled
+    for other T). float64, (T + 1,)."""
+    scale = 1000 / T
+    betas = torch.linspace(beta_1 * scale, beta_T * scale, T, dtype=torch.float64)
+    return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
+
+
+class GaussianDiffusion:
+    """The forward process, the loss and the samplers for a T-step schedule."""
+
+    def __init__(self, T: int = 1000, schedule: str = "cosine"):
+        if T < 1:
+            raise ValueError(f"T must be at least 1, got {T}")
+        if schedule not in ("cosine", "linear"):
+            raise ValueError(f"schedule must be 'cosine' or 'linear', got {schedule!r}")
+        self.T, self.schedule = T, schedule
+        self.abar64 = cosine_abar(T) if schedule == "cosine" else linear_abar(T)  # (T + 1,)
+        self.betas64 = 1 - self.abar64[1:] / self.abar64[:-1]  # (T,): beta_t at index t - 1
+
+    def abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """abar_t for integer t (B,) broadcast to ``like`` (B, C, H, W)."""
+        a = self.abar64.to(like.device)[t.long()].to(like.dtype)
+        return a.view(-1, *([1] * (like.dim() - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM eq. 4)."""
+        a = self.abar(t, x0)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        a = self.abar(t, x_t)
+        return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+    def loss(self, eps_model: Callable[..., torch.Tensor], x0: torch.Tensor, *cond,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """L_simple: the mean squared error of the predicted noise at a uniform t in 1..T.
+        ``eps_model(x_t, t, *cond)``; x0 (B, C, H, W) in [-1, 1]."""
+        B = x0.shape[0]
+        t = torch.randint(1, self.T + 1, (B,), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        return F.mse_loss(eps_model(self.q_sample(x0, t, noise), t, *cond).float(), noise.float())
+
+    def timesteps(self, steps: int | None) -> list[int]:
+        """The decreasing timesteps a sampler visits: all T, or ``steps`` evenly spaced."""
+        steps = self.T if steps is None else int(steps)
+        if not 1 <= steps <= self.T:
+            raise ValueError(f"steps must lie in 1..{self.T}, got {steps}")
+        ts = torch.linspace(self.T, 1, steps).round().long().tolist()
+        return sorted(set(ts), reverse=True)
+
+    @torch.no_grad()
+    def sample(self, eps_fn: EpsFn, shape: tuple[int, ...], steps: int | None = 50, eta: float = 0.0,
+               generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+               clip_x0: bool = True, known: torch.Tensor | None = None,
+               keep: torch.Tensor | None = None, x_T: torch.Tensor | None = None) -> torch.Tensor:
+        """DDIM (Song et al. eq. 12) from pure noise to x_0 in [-1, 1].
+
+        ``eps_fn(x_t, t)`` predicts the noise (a guided one too, see :func:`classifier_free`).
+        ``eta`` = 0: deterministic DDIM; 1 with ``steps=None``: DDPM's ancestral sampler.
+        ``clip_x0`` clamps x0_hat to [-1, 1] (and the noise is recomputed from the clamped
+        x0_hat). Inpainting: ``known`` (B, C, H, W) in [-1, 1] and ``keep`` (B or 1, 1 or C, H,
+        W), 1 where the known pixels are kept; they are replaced after every step."""
+        x = (torch.randn(shape, generator=generator).to(device) if x_T is None else x_T.to(device))
+        ts = self.timesteps(steps)
+        for i, t in enumerate(ts):
+            s = ts[i + 1] if i + 1 < len(ts) else 0
+            tt = torch.full((shape[0],), t, device=device, dtype=torch.long)
+            eps = eps_fn(x, tt).float()
+            a_t, a_s = self.abar64[t].item(), self.abar64[s].item()
+            x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+            if clip_x0:
+                x0 = x0.clamp(-1, 1)
+                eps = (x - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
+            sigma = eta * math.sqrt((1 - a_s) / (1 - a_t)) * math.sqrt(1 - a_t / a_s)
+            x = math.sqrt(a_s) * x0 + math.sqrt(max(1 - a_s - sigma ** 2, 0.0)) * eps
+            if sigma > 0:
+                x = x + sigma * torch.randn(shape, generator=generator).to(device)
+            if known is not None:
+                x = self._replace(x, known, keep, s, generator)
+        return x
+
+    def _replace(self, x, known, keep, s: int, generator) -> torch.Tensor:
+        if keep is None:
+            raise ValueError("inpainting needs both `known` (the image) and `keep` (1 where its pixels stay)")
+        keep = keep.to(x.device, x.dtype)
+        if s == 0:
+            noised = known.to(x.device, x.dtype)
+        else:
+            tt = torch.full((x.shape[0],), s, device=x.device, dtype=torch.long)
+            noised = self.q_sample(known.to(x.device, x.dtype), tt,
+                                   torch.randn(x.shape, generator=generator).to(x.device, x.dtype))
+        return keep * noised + (1 - keep) * x
+
+    @torch.no_grad()
+    def ddpm_sample(self, eps_fn: EpsFn, shape: tuple[int, ...], generator: torch.Generator | None = None,
+                    device: str | torch.device = "cpu", clip_x0: bool = True) -> torch.Tensor:
+        """DDPM's ancestral sampler (algorithm 2) through the posterior q(x_{t-1} | x_t, x0_hat):
+        mean (sqrt(abar_{t-1}) beta_t x0_hat + sqrt(alpha_t) (1 - abar_{t-1}) x_t) / (1 - abar_t),
+        variance beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t). Written out for the lesson and
+        the tests; :meth:`sample` with eta = 1 and every step draws from the same distribution."""
+        x = torch.randn(shape, generator=generator).to(device)
+        for t in range(self.T, 0, -1):
+            tt = torch.full((shape[0],), t, device=device, dtype=torch.long)
+            eps = eps_fn(x, tt).float()
+            a_t, a_p, beta = self.abar64[t].item(), self.abar64[t - 1].item(), self.betas64[t - 1].item()
+            x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+            if clip_x0:
+                x0 = x0.clamp(-1, 1)
+            mean = (math.sqrt(a_p) * beta * x0 + math.sqrt(1 - beta) * (1 - a_p) * x) / (1 - a_t)
+            var = beta * (1 - a_p) / (1 - a_t)
+            x = mean + (math.sqrt(var) * torch.randn(shape, generator=generator).to(device) if t > 1 else 0)
+        return x
+
+
+# --------------------------------------------------------------------------- guidance
+def classifier_free(eps_model: Callable[..., torch.Tensor], ids: torch.Tensor, null_ids: torch.Tensor,
+                    w: float, **kwargs) -> EpsFn:
+    """The guided noise prediction of GLIDE 2.3 as an ``eps_fn`` for the samplers:
+    eps_uncond + w (eps_cond - eps_uncond). ``ids`` (B, T) captions, ``null_ids`` (B, T) the
+    empty caption. w = 1 returns the conditional prediction itself (no second pass), so it
+    samples exactly what unguided sampling does; w = 0 is unconditional."""
+    def eps_fn(x, t):
+        if w == 1:
+            return eps_model(x, t, ids, **kwargs)
+        both = eps_model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([ids, null_ids]),
+                         **{k: torch.cat([v, v]) for k, v in kwargs.items()})
+        cond, uncond = both.chunk(2)
+        return uncond + w * (cond - uncond)
+    return eps_fn
+
+
+def gradient_guided(eps_fn: EpsFn, diffusion: GaussianDiffusion, score_fn: Callable, scale: float) -> EpsFn:
+    """Guidance by the gradient of a differentiable score of the noisy image (GLIDE 2.4 with a
+    noise-aware CLIP: ``score_fn(x_t, t)`` -> (B,) image-caption similarity):
+    eps - scale sqrt(1 - abar_t) grad_x score (Dhariwal & Nichol 2021, eq. 14)."""
+    def guided(x, t):
+        eps = eps_fn(x, t)
+        if scale == 0:
+            return eps
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            grad, = torch.autograd.grad(score_fn(xg, t).sum(), xg)
+        return eps - scale * (1 - diffusion.abar(t, x)).sqrt() * grad
+    return guided
+
+
+# --------------------------------------------------------------------------- the model
+@dataclass
+class UNetConfig:
+    image_size: int = 32
+    channels: int = 3
+    base: int = 32                      # channels at full resolution
+    mults: tuple[int, ...] = (1, 2, 2)  # channel multiplier per resolution (32, 16, 8 here)
+    attn_levels: tuple[int, ...] = (2,)  # levels (indices of mults) with attention
+    heads: int = 4
+    text_len: int = 16
+    n_text_tokens: int = 0              # the tokenizer's ids: BPE tokens + one pad per position
+    d_text: int = 64
+    text_layers: int = 2
+    embed_dim: int = 0                  # > 0: a conditioning vector (unCLIP's CLIP image embedding)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        self.mults = tuple(self.mults)
+        self.attn_levels = tuple(self.attn_levels)
+        if self.image_size % 2 ** (len(self.mults) - 1):
+            raise ValueError(f"image_size {self.image_size} must be divisible by 2^{len(self.mults) - 1}")
+        if self.base % 8:
+            raise ValueError(f"base must be a multiple of 8 (group norm over 8 groups), got {self.base}")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of integer timesteps (B,) -> (B, dim) (the transformer's
+    position code, as DDPM uses it)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device) / half)  # (half,)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+class ResBlock(nn.Module):
+    """GN -> SiLU -> conv, then GN scaled and shifted by the embedding -> SiLU -> conv; + skip."""
+
+    def __init__(self, cin: int, cout: int, emb: int, dropout: float):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(8, cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb, 2 * cout)
+        self.norm2, self.conv2 = nn.GroupNorm(8, cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.drop = nn.Dropout(dropout)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, cout, H, W)
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # (B, cout, 1, 1) each
+        h = self.conv2(self.drop(F.silu(self.norm2(h) * (1 + scale) + shift)))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Self-attention over the H W positions, the caption's token features appended to the keys
+    and values (GLIDE section 3)."""
+
+    def __init__(self, ch: int, d_text: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(8, ch)
+        self.qkv = nn.Conv1d(ch, 3 * ch, 1)
+        self.text_kv = nn.Linear(d_text, 2 * ch)
+        self.out = nn.Conv1d(ch, ch, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x).flatten(2)).chunk(3, dim=1)  # (B, C, HW) each
+        tk, tv = self.text_kv(text).transpose(1, 2).chunk(2, dim=1)  # (B, C, T) each
+        k, v = torch.cat([k, tk], 2), torch.cat([v, tv], 2)  # (B, C, HW + T)
+
+        def heads(z):  # (B, C, L) -> (B, heads, L, C / heads)
+            return z.view(B, self.heads, C // self.heads, -1).transpose(2, 3)
+        h = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))  # (B, heads, HW, C / heads)
+        return x + self.out(h.transpose(2, 3).reshape(B, C, H * W)).view(B, C, H, W)
+
+
+class TextUNet(nn.Module):
+    """eps_theta(x_t, t, caption ids[, embed]): (B, C, S, S) in [-1, 1] -> (B, C, S, S)."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        if cfg.n_text_tokens <= 0:
+            raise ValueError("UNetConfig.n_text_tokens must be the tokenizer's n_text_tokens")
+        emb = 4 * cfg.base
+        self.time = nn.Sequential(nn.Linear(cfg.base, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.tok = nn.Embedding(cfg.n_text_tokens, cfg.d_text)
+        self.pos = nn.Parameter(torch.randn(cfg.text_len, cfg.d_text) * 0.02)
+        layer = nn.TransformerEncoderLayer(cfg.d_text, 4, 4 * cfg.d_text, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.text = nn.TransformerEncoder(layer, cfg.text_layers, enable_nested_tensor=False)
+        self.text_ln = nn.LayerNorm(cfg.d_text)
+        self.text_pool = nn.Linear(cfg.d_text, emb)
+        self.embed = nn.Linear(cfg.embed_dim, emb) if cfg.embed_dim else None
+        self.inp = nn.Conv2d(cfg.channels, cfg.base, 3, padding=1)
+        chans = [cfg.base * m for m in cfg.mults]
+        self.down, self.pool = nn.ModuleList(), nn.ModuleList()
+        self.down_attn = nn.ModuleList()
+        c = cfg.base
+        for i, ch in enumerate(chans):
+            self.down.append(ResBlock(c, ch, emb, cfg.dropout))
+            self.down_attn.append(AttnBlock(ch, cfg.d_text, cfg.heads) if i in cfg.attn_levels else nn.Identity())
+            self.pool.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1) if i < len(chans) - 1 else nn.Identity())
+            c = ch
+        self.mid1, self.mid2 = ResBlock(c, c, emb, cfg.dropout), ResBlock(c, c, emb, cfg.dropout)
+        self.mid_attn = AttnBlock(c, cfg.d_text, cfg.heads)
+        self.up, self.up_attn = nn.ModuleList(), nn.ModuleList()
+        for i, ch in reversed(list(enumerate(chans))):
+            self.up.append(ResBlock(c + ch, ch, emb, cfg.dropout))
+            self.up_attn.append(AttnBlock(ch, cfg.d_text, cfg.heads) if i in cfg.attn_levels else nn.Identity())
+            c = ch
+        self.out = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, cfg.channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def encode_text(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) ids -> token features (B, T, d_text) and the pooled caption (B, d_text)."""
+        h = self.text_ln(self.text(self.tok(ids) + self.pos[: ids.shape[1]]))  # (B, T, d_text)
+        return h, h.mean(1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor,
+                embed: torch.Tensor | None = None) -> torch.Tensor:
+        tokens, pooled = self.encode_text(ids)
+        e = self.time(timestep_embedding(t, self.config.base)) + self.text_pool(pooled)  # (B, emb)
+        if self.embed is not None:
+            if embed is None:
+                raise ValueError("this U-Net is conditioned on an embedding (unCLIP): pass embed=(B, "
+                                 f"{self.config.embed_dim})")
+            e = e + self.embed(embed)
+        h = self.inp(x)  # (B, base, S, S)
+        skips = []
+        for block, attn, pool in zip(self.down, self.down_attn, self.pool):
+            h = block(h, e)
+            h = attn(h, tokens) if isinstance(attn, AttnBlock) else h
+            skips.append(h)
+            h = pool(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, e), tokens), e)
+        for block, attn in zip(self.up, self.up_attn):
+            skip = skips.pop()
+            if h.shape[-1] != skip.shape[-1]:
+                h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            h = block(torch.cat([h, skip], 1), e)
+            h = attn(h, tokens) if isinstance(attn, AttnBlock) else h
+        return self.out(h)
