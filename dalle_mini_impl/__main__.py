@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=32, help="0: no top-k filtering")
     g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--guidance", type=float, default=1.0,
+                   help="classifier-free guidance scale s (1: none; > 1 for a prior trained with --caption-dropout)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     g.add_argument("--threads", type=positive_int, default=None,
@@ -76,7 +78,7 @@ def generate_command(args: argparse.Namespace) -> Path:
     model = DALLE.load(model_dir, device=get_device(args.device))
     images = model.generate(args.captions, n=args.n, temperature=args.temperature,
                             top_k=args.top_k or None, top_p=args.top_p, seed=args.seed,
-                            precision=args.precision, progress=len(args.captions) * args.n > 64)
+                            precision=args.precision, guidance=args.guidance, progress=len(args.captions) * args.n > 64)
     save_image_grid(images, out, nrow=args.n, upscale=args.upscale)
     print(f"wrote {out}: {len(args.captions)} caption(s) x {args.n} images in "
           f"{time.perf_counter() - t:.1f} s ({model_dir.name}, {model.device.type})")

@@ -220,12 +220,15 @@ class DALLE(nn.Module):
     @torch.no_grad()
     def generate_tokens(self, text_ids: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                         top_p: float | None = None, generator: torch.Generator | None = None,
-                        prime: torch.Tensor | None = None, use_cache: bool = True) -> torch.Tensor:
+                        prime: torch.Tensor | None = None, use_cache: bool = True,
+                        guidance: float = 1.0) -> torch.Tensor:
         """Sample image tokens after each caption: text_ids (B, T) -> (B, N), by the package's
         one sampler (:func:`transformer.generate_image_tokens`; ``prime`` (B, k) fixes the first
-        k image tokens, paper 3.3)."""
+        k image tokens, paper 3.3; ``guidance`` != 1: classifier-free guidance against the empty
+        caption)."""
+        null = self.tokenizer.pad_ids(self.text_len).to(text_ids.device) if guidance != 1 else None
         return generate_image_tokens(self.prior, text_ids, use_cache, temperature, top_k, top_p,
-                                     generator, prime)
+                                     generator, prime, guidance, null)
 
     @torch.no_grad()
     def generate(self, captions: str | Sequence[str], n: int = 1, temperature: float = 1.0,
@@ -233,7 +236,7 @@ class DALLE(nn.Module):
                  prime_images: torch.Tensor | None = None, prime_rows: int = 0,
                  batch_size: int = 64, use_cache: bool = True,
                  precision: "Precision | str | None" = None,
-                 return_tokens: bool = False, progress: bool = False):
+                 return_tokens: bool = False, progress: bool = False, guidance: float = 1.0):
         """``n`` images for each caption: (len(captions) * n, C, S, S) in [0, 1], caption-major
         (the n images of caption 0 first).
 
@@ -243,7 +246,9 @@ class DALLE(nn.Module):
         name ("fp32", "bf16", ...) or None for the package's policy (bf16 where the device
         computes it natively, else float32; ``$DALLE_PRECISION`` overrides it). On a CPU fp16
         samples in float32 (float16 matmuls are many times slower there). With ``return_tokens``
-        also returns the (B*n, N) ids; ``progress`` shows a bar over the batches."""
+        also returns the (B*n, N) ids; ``progress`` shows a bar over the batches. ``guidance`` s:
+        classifier-free guidance, logits_uncond + s (logits_cond - logits_uncond), for a prior
+        trained with caption dropout; 1 (the default) is plain sampling."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         text = self.encode_text(captions).repeat_interleave(n, dim=0)  # (B n, T)
@@ -268,7 +273,7 @@ class DALLE(nn.Module):
                                   unit="batch"):
                 p = None if prime is None else prime[s:s + batch_size]
                 out.append(self.generate_tokens(text[s:s + batch_size], temperature, top_k, top_p,
-                                                generator, p, use_cache))
+                                                generator, p, use_cache, guidance))
         self.train(was)
         tokens = torch.cat(out)  # (B n, N)
         images = self.decode_tokens(tokens).cpu()

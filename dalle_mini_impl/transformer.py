@@ -369,7 +369,8 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
 def generate_image_tokens(model: Transformer, text_ids: torch.Tensor, use_cache: bool = True,
                           temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                           generator: torch.Generator | None = None,
-                          prime: torch.Tensor | None = None) -> torch.Tensor:
+                          prime: torch.Tensor | None = None, guidance: float = 1.0,
+                          null_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Sample the N image tokens after each caption, one at a time: (B, T) -> (B, N). The
     package's one sampler (``DALLE.generate`` calls it).
 
@@ -378,9 +379,31 @@ def generate_image_tokens(model: Transformer, text_ids: torch.Tensor, use_cache:
     once (:meth:`Transformer.prefill`) and each image token costs one position
     (:meth:`Transformer.step`); without it every token re-runs the forward pass over the whole
     prefix. Same generator, same tokens either way.
+
+    ``guidance`` s != 1 with ``null_ids`` (B, T) or (T,), the empty caption: classifier-free
+    guidance (Ho & Salimans 2021; GLIDE 2.3) for an autoregressive prior. A second stream
+    reads the empty caption; each token is sampled from ``logits_uncond + s (logits_cond -
+    logits_uncond)`` and fed to both streams. s = 1 runs the single stream: exactly the
+    unguided tokens. It needs a prior trained with caption dropout (``train dalle
+    --caption-dropout``), else the empty caption is a string it never saw.
     """
     T, N = model.config.text_len, model.config.image_len
     B = text_ids.shape[0]
+    two = guidance != 1
+    if two:
+        if null_ids is None:
+            raise ValueError("guidance != 1 needs null_ids, the empty caption's ids (tokenizer.pad_ids())")
+        text_ids = torch.cat([text_ids, null_ids.to(text_ids.device).long().expand(B, T)])  # (2B, T)
+
+    def mix(logits):  # (2B, V) -> (B, V): the guided logits
+        if not two:
+            return logits
+        cond, uncond = logits.float().chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    def both(x):  # what the streams read: the same image tokens twice
+        return torch.cat([x, x]) if two else x
+
     image = text_ids.new_zeros(B, N)  # (B, N)
     k = 0
     if prime is not None:
@@ -390,18 +413,18 @@ def generate_image_tokens(model: Transformer, text_ids: torch.Tensor, use_cache:
             raise ValueError(f"prime must hold fewer than {N} tokens per image, got {k}")
         image[:, :k] = prime
     if use_cache:
-        cache = model.init_cache(B)
-        logits = model.prefill(text_ids, cache)  # (B, Vi): logits of image_0
+        cache = model.init_cache(len(text_ids))
+        logits = model.prefill(text_ids, cache)  # (B or 2B, Vi): logits of image_0
         if k:
-            x = model.embed(T + 1, image[:, :k], B)  # read image_0 .. image_{k-1}
+            x = model.embed(T + 1, both(image[:, :k]), len(text_ids))  # read image_0 .. image_{k-1}
             h = model._run_cached(x, T + 1, cache)
             logits = model._logits(h[:, -1:], T + k)[1][:, 0]  # logits of image_k
         for j in range(k, N):
-            image[:, j] = sample_logits(logits, temperature, top_k, top_p, generator)
+            image[:, j] = sample_logits(mix(logits), temperature, top_k, top_p, generator)
             if j + 1 < N:
-                logits = model.step(image[:, j], T + 1 + j, cache)
+                logits = model.step(both(image[:, j]), T + 1 + j, cache)
     else:
         for j in range(k, N):
-            logits = model(text_ids, image[:, :j + 1])[1][:, j]  # image[:, j] is not read
-            image[:, j] = sample_logits(logits, temperature, top_k, top_p, generator)
+            logits = model(text_ids, both(image[:, :j + 1]))[1][:, j]  # image[:, j] is not read
+            image[:, j] = sample_logits(mix(logits), temperature, top_k, top_p, generator)
     return image

@@ -87,6 +87,42 @@ def test_generate_with_cache_equals_without(model):
     assert not torch.equal(model.generate(CAPTIONS, n=2, top_k=8, seed=7, return_tokens=True)[1], tok_c)
 
 
+def test_classifier_free_guidance(model):
+    kw = dict(n=2, top_k=8, seed=11, return_tokens=True)
+    plain = model.generate(CAPTIONS, **kw)[1]
+    assert torch.equal(model.generate(CAPTIONS, guidance=1.0, **kw)[1], plain), "s = 1 is unguided sampling"
+    guided = model.generate(CAPTIONS, guidance=3.0, precision="fp32", **kw)[1]  # float32: the two paths agree
+    assert torch.equal(guided, model.generate(CAPTIONS, guidance=3.0, use_cache=False, precision="fp32", **kw)[1])
+    assert not torch.equal(guided, plain)
+    # s = 0 samples the empty caption's stream alone
+    empty = model.tokenizer.pad_ids().expand(4, -1)
+    uncond = model.generate_tokens(empty, top_k=8, generator=torch.Generator().manual_seed(11))
+    text = model.encode_text(CAPTIONS).repeat_interleave(2, 0)
+    assert torch.equal(model.generate_tokens(text, top_k=8, generator=torch.Generator().manual_seed(11),
+                                             guidance=0.0), uncond)
+    # the guided logits are uncond + s (cond - uncond), token by token (first token, greedy)
+    cond_l = model.prior.prefill(text, model.prior.init_cache(4))
+    unc_l = model.prior.prefill(empty, model.prior.init_cache(4))
+    first = model.generate_tokens(text, temperature=0, guidance=2.5)[:, 0]
+    assert torch.equal(first, (unc_l + 2.5 * (cond_l - unc_l)).argmax(-1))
+    from dalle_mini_impl.transformer import generate_image_tokens
+    with pytest.raises(ValueError, match="null_ids"):
+        generate_image_tokens(model.prior, text, guidance=2.0)
+
+
+def test_caption_dropout_is_seeded_and_near_its_rate():
+    from dalle_mini_impl.training.dalle import drop_captions
+    ids = torch.arange(4000 * 3).view(4000, 3)
+    empty = torch.tensor([-1, -2, -3])
+    a = drop_captions(ids, 0.2, empty, seed=0, step=5)
+    assert torch.equal(a, drop_captions(ids, 0.2, empty, seed=0, step=5)), "same (seed, step): same drops"
+    dropped = (a == empty).all(1)
+    assert 0.18 < dropped.float().mean().item() < 0.22
+    assert torch.equal(a[~dropped], ids[~dropped])
+    assert not torch.equal(a, drop_captions(ids, 0.2, empty, seed=0, step=6))
+    assert torch.equal(drop_captions(ids, 0.0, empty, seed=0, step=5), ids)
+
+
 def test_priming_keeps_the_top_rows(model):
     prime = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     ids = model.encode_images(prime)  # (2, 16)

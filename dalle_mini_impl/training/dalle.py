@@ -88,6 +88,7 @@ class DalleSettings:
     attention: str = "sparse"
     dropout: float = 0.0
     text_weight: float = 1 / 8
+    caption_dropout: float = 0.0       # share of training captions replaced by the empty caption
     batch_size: int | None = None
     micro_batch: int | None = None
     lr: float | None = None
@@ -465,6 +466,17 @@ def write_samples(run: Run, trainer: Trainer, step: int, model: DALLE | None = N
                        run.out / "samples" / f"step_{step:06d}.png", upscale=3)
 
 
+def drop_captions(text_ids: torch.Tensor, p: float, empty: torch.Tensor, seed: int, step: int,
+                  rank: int = 0) -> torch.Tensor:
+    """Replace each caption of a batch (B, T) by the empty caption (``empty``, (T,): every
+    position padding) with probability ``p``, drawn from (seed, step, rank) so that a resumed run
+    drops the same ones: the unconditional model that classifier-free guidance subtracts
+    (GLIDE 2.3) is the same network, trained on the dropped captions."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + rank)
+    drop = (torch.rand(len(text_ids), generator=g) < p).to(text_ids.device)  # (B,)
+    return torch.where(drop[:, None], empty.to(text_ids.device, text_ids.dtype)[None], text_ids)
+
+
 def run_loop(run: Run, trainer: Trainer, text_ids: torch.Tensor, image_ids: torch.Tensor,
              val: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[int, dict]:
     """Steps from ``trainer.start`` to the end (or ``--stop-after``); returns (step, last log).
@@ -492,6 +504,9 @@ def run_loop(run: Run, trainer: Trainer, text_ids: torch.Tensor, image_ids: torc
                 if interrupt.agreed(run.world):  # Ctrl-C or SIGTERM: at a step boundary, save and stop
                     raise KeyboardInterrupt
                 text_all, img_all = next(batches)  # (b, T), (b, N)
+                if s.caption_dropout:
+                    text_all = drop_captions(text_all, s.caption_dropout, run.model.tokenizer.pad_ids(),
+                                             s.seed, step, run.rank)
                 in_step = True
                 record = trainer.step(step, text_all, img_all)
                 step += 1
@@ -614,6 +629,9 @@ def add_parser(sub) -> None:
     p.add_argument("--attention", default="sparse", choices=["sparse", "full"])
     p.add_argument("--dropout", type=decay, default=0.0)
     p.add_argument("--text-weight", type=nonnegative_float, default=1 / 8, help="loss weight of the text tokens (paper: 1/8)")
+    p.add_argument("--caption-dropout", type=decay, default=0.0,
+                   help="share of training captions replaced by the empty caption (e.g. 0.1), so that "
+                        "generate --guidance S can guide sampling (classifier-free guidance); 0: off")
     p.add_argument("--warmup", type=positive_int, default=None, help="linear warm-up steps (default: min(preset, steps/10))")
     p.add_argument("--weight-decay", type=nonnegative_float, default=4.5e-2)
     p.add_argument("--clip", type=positive_float, default=4.0, help="gradient norm clip (paper: 4)")
