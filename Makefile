@@ -51,10 +51,10 @@ course: $(STAMP)
 course-portable: $(STAMP)
 	$(PORTABLE_ENV) $(BIN)/python -m dalle_mini_impl.course
 
-# text-to-image from the tiny system shipped in data/dalle_shapes_toy
+# text-to-image from the tiny system shipped in data/dalle_shapes_two (one- and two-object scenes)
 demo: $(STAMP)
 	$(BIN)/python -m dalle_mini_impl generate "a large yellow square at the top" \
-		"a small red circle on the left" --n 8 --out outputs/demo.png
+		"a small red circle above a large blue square" --n 8 --out outputs/demo.png
 	@echo "wrote outputs/demo.png"
 
 # as root (containers, many cloud machines) Jupyter wants --allow-root

@@ -14,6 +14,7 @@ how the tokenizer's grid is chosen for two-object scenes before a prior is train
 
     .venv/bin/python bench/quality.py [--model data/dalle_shapes_toy] [--n 500] [--top-k 32]
     .venv/bin/python bench/quality.py --objects 2 --ceiling-only
+    .venv/bin/python bench/quality.py --objects 2 --ceiling-only --dvae runs/dvae16/dvae.pt
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import torch  # noqa: E402
 from dalle_mini_impl.dalle import DALLE  # noqa: E402
 from dalle_mini_impl.datasets import ShapesDataset  # noqa: E402
 from dalle_mini_impl.datasets.shapes import canonical, parse_caption  # noqa: E402
+from dalle_mini_impl.dvae import DiscreteVAE  # noqa: E402
 from dalle_mini_impl.judge import caption_matches, load_judge  # noqa: E402
 from dalle_mini_impl.utils import cpu_summary, data_dir  # noqa: E402
 
@@ -49,12 +51,12 @@ def evaluation_set(n: int, split: str, seed: int, objects: int = 1) -> ShapesDat
     return ShapesDataset(n, image_size=32, seed=seed, split=split, n_objects=objects)
 
 
-def dvae_ceiling(model: DALLE, judge, data: ShapesDataset) -> float:
+def dvae_ceiling(dvae: DiscreteVAE, judge, data: ShapesDataset) -> float:
     """Caption accuracy of the dVAE's own reconstructions of the real images: the most a
     prior can reach through this dVAE (if the judge cannot read the decoded real tokens,
     it cannot read generated ones either)."""
     with torch.no_grad():
-        recon = model.decode_tokens(model.encode_images(data.float_images())).cpu()
+        recon = dvae.decode(dvae.encode(data.float_images())).cpu()
     return caption_matches(judge, recon, data.captions).float().mean().item()
 
 
@@ -85,18 +87,24 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--objects", type=int, choices=(1, 2), default=1, help="objects per scene")
     p.add_argument("--ceiling-only", action="store_true", help="only the dVAE's reconstructions, no prior")
+    p.add_argument("--dvae", default=None, help="with --ceiling-only: a dVAE checkpoint instead of the model's "
+                                                "(e.g. one with a 16x16 grid)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"machine: {cpu_summary()}")
-    model, judge = DALLE.load(args.model), load_judge()
+    if args.dvae and not args.ceiling_only:
+        raise SystemExit("--dvae measures a dVAE alone: add --ceiling-only")
+    model, judge = (None if args.dvae else DALLE.load(args.model)), load_judge()
+    dvae = DiscreteVAE.load(args.dvae) if args.dvae else model.dvae
+    grid = dvae.config.grid
     res = {}
     for name, split, seed in (("train_combinations", "train", 777), ("held_out_combinations", "holdout", 778)):
         t = time.perf_counter()
         data = evaluation_set(args.n, split, seed, args.objects)
-        res[name + "_dvae_ceiling"] = ceiling = dvae_ceiling(model, judge, data)
+        res[name + "_dvae_ceiling"] = ceiling = dvae_ceiling(dvae, judge, data)
         res[name + "_real"] = real = caption_matches(judge, data.float_images(), data.captions).float().mean().item()
         judged = f"{args.objects}-object scenes, {name.replace('_', ' ')}: judge on {args.n} real images {real:.3f}, " \
-                 f"on their dVAE reconstructions {ceiling:.3f} ({model.grid}x{model.grid} tokens)"
+                 f"on their dVAE reconstructions {ceiling:.3f} ({grid}x{grid} tokens)"
         if args.ceiling_only:
             print(judged, flush=True)
             continue

@@ -5,8 +5,9 @@ training run.
     python -m dalle_mini_impl report runs/dalle          # -> runs/dalle/report.html
 
 ``--model`` is a directory written by ``python -m dalle_mini_impl.training dalle`` (default: the
-tiny system shipped in data/dalle_shapes_toy). Several captions may be given; the grid has
-one row per caption. Sampling: ``--temperature``, ``--top-k``, ``--top-p``, ``--seed``.
+tiny system shipped in data/dalle_shapes_two, which draws one- and two-object scenes; lesson 08's
+one-object system is data/dalle_shapes_toy). Several captions may be given; the grid has one row
+per caption. Sampling: ``--temperature``, ``--top-k``, ``--top-p``, ``--seed``, ``--guidance``.
 ``report`` writes one self-contained HTML page of a run's curves and grids
 (:mod:`dalle_mini_impl.training.report`).
 """
@@ -26,7 +27,7 @@ from .training.report import read_run, report_page, summary_lines
 from .utils import data_dir, free_cores, get_device
 from .viz import save_image_grid
 
-DEFAULT_MODEL = "dalle_shapes_toy"  # under data/
+DEFAULT_MODEL = "dalle_shapes_two"  # under data/
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
