@@ -48,13 +48,19 @@ embedding.
 """
 from __future__ import annotations
 
+import io
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .tokenizer import CaptionTokenizer
+from .utils import atomic_write_bytes, check_finite, safe_load
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> predicted noise
 
@@ -365,3 +371,99 @@ class TextUNet(nn.Module):
             h = block(torch.cat([h, skip], 1), e)
             h = attn(h, tokens) if isinstance(attn, AttnBlock) else h
         return self.out(h)
+
+
+# --------------------------------------------------------------------------- the system
+SYSTEM_FORMAT = "dalle_mini_impl.diffusion/1"
+
+
+class DiffusionSystem(nn.Module):
+    """Caption tokenizer + :class:`TextUNet` + the T-step process: text to images.
+
+    ``loss(images, captions)`` trains it; ``generate(captions, n, steps, guidance)`` samples
+    with DDIM and classifier-free guidance; ``save(dir)`` / ``load(dir)`` write and read a
+    directory (config.json, tokenizer.json, unet.pt: tensors only)."""
+
+    def __init__(self, tokenizer, config: UNetConfig, T: int = 1000, schedule: str = "cosine"):
+        super().__init__()
+        if config.n_text_tokens != tokenizer.n_text_tokens or config.text_len != tokenizer.text_len:
+            raise ValueError(f"the U-Net expects n_text_tokens={config.n_text_tokens}, text_len={config.text_len}; "
+                             f"the tokenizer has {tokenizer.n_text_tokens}, {tokenizer.text_len}")
+        self.tokenizer, self.config = tokenizer, config
+        self.unet = TextUNet(config)
+        self.process = GaussianDiffusion(T, schedule)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.pos.device
+
+    def encode_text(self, captions) -> torch.Tensor:
+        if isinstance(captions, str):
+            captions = [captions]
+        return self.tokenizer.encode(list(captions)).to(self.device)  # (B, T)
+
+    def null_ids(self, batch: int) -> torch.Tensor:
+        """The empty caption (every position padding), (batch, T)."""
+        return self.tokenizer.pad_ids(self.config.text_len).to(self.device).expand(batch, -1)
+
+    def loss(self, images: torch.Tensor, text_ids: torch.Tensor, generator: torch.Generator | None = None,
+             embed: torch.Tensor | None = None) -> torch.Tensor:
+        """L_simple on images (B, C, S, S) in [0, 1] and caption ids (B, T)."""
+        extra = () if embed is None else (embed,)
+        return self.process.loss(self.unet, images.to(self.device) * 2 - 1, text_ids.to(self.device), *extra,
+                                 generator=generator)
+
+    @torch.no_grad()
+    def generate(self, captions, n: int = 1, steps: int = 50, guidance: float = 1.0, eta: float = 0.0,
+                 seed: int | None = 0, batch_size: int = 64, known: torch.Tensor | None = None,
+                 keep: torch.Tensor | None = None) -> torch.Tensor:
+        """``n`` images per caption, (len(captions) n, C, S, S) in [0, 1], caption-major.
+        ``steps`` DDIM steps (eta 0: deterministic given the starting noise); ``guidance`` w:
+        classifier-free guidance (1: plain conditional sampling). Inpainting: ``known`` images in
+        [0, 1] (one per output image) and ``keep`` (1 where their pixels stay)."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        ids = self.encode_text(captions).repeat_interleave(n, dim=0)  # (B n, T)
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        was = self.training
+        self.eval()
+        c, s = self.config.channels, self.config.image_size
+        out = []
+        for i in range(0, len(ids), batch_size):
+            chunk = ids[i:i + batch_size]
+            eps = classifier_free(self.unet, chunk, self.null_ids(len(chunk)), guidance)
+            k = None if known is None else known[i:i + batch_size].to(self.device) * 2 - 1
+            kp = None if keep is None else (keep[i:i + batch_size] if keep.shape[0] > 1 else keep)
+            out.append(self.process.sample(eps, (len(chunk), c, s, s), steps, eta, g, self.device,
+                                           known=k, keep=kp))
+        self.train(was)
+        return ((torch.cat(out) + 1) / 2).clamp(0, 1).cpu()
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        check_finite(self.unet.state_dict(), f"saving {path / 'unet.pt'}")
+        buf = io.BytesIO()
+        torch.save({"format": SYSTEM_FORMAT, "unet": self.unet.state_dict()}, buf)
+        atomic_write_bytes(path / "unet.pt", buf.getvalue())
+        self.tokenizer.save(path / "tokenizer.json")
+        meta = {"format": SYSTEM_FORMAT, "unet": asdict(self.config), "T": self.process.T,
+                "schedule": self.process.schedule}
+        atomic_write_bytes(path / "config.json", (json.dumps(meta, indent=2) + "\n").encode())
+        return path
+
+    @classmethod
+    def load(cls, path, device: str | torch.device = "cpu") -> "DiffusionSystem":
+        path = Path(path)
+        for name in ("config.json", "tokenizer.json", "unet.pt"):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path} is not a diffusion system directory (no {name}): train one with "
+                                        "`python -m dalle_mini_impl.training diffusion --out DIR`")
+        meta = json.loads((path / "config.json").read_text())
+        if meta.get("format") != SYSTEM_FORMAT:
+            raise ValueError(f"{path}/config.json has format {meta.get('format')!r}, expected {SYSTEM_FORMAT!r}")
+        model = cls(CaptionTokenizer.load(path / "tokenizer.json"), UNetConfig(**meta["unet"]), meta["T"],
+                    meta["schedule"])
+        state = safe_load(path / "unet.pt")
+        model.unet.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["unet"].items()})
+        return model.to(device).eval()

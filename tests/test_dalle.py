@@ -111,7 +111,7 @@ def test_classifier_free_guidance(model):
 
 
 def test_caption_dropout_is_seeded_and_near_its_rate():
-    from dalle_mini_impl.training.dalle import drop_captions
+    from dalle_mini_impl.training.common import drop_captions
     ids = torch.arange(4000 * 3).view(4000, 3)
     empty = torch.tensor([-1, -2, -3])
     a = drop_captions(ids, 0.2, empty, seed=0, step=5)

@@ -4,8 +4,9 @@
     python -m dalle_mini_impl.training dalle ...   # stage 2, the transformer prior (lesson 08)
     python -m dalle_mini_impl.training clip  ...   # the reranker (lesson 09)
     python -m dalle_mini_impl.training judge ...   # the shapes judge that grades samples
+    python -m dalle_mini_impl.training diffusion ...   # GLIDE in miniature (lesson 11)
 
-Modules: ``common`` (run log, shared options), ``dvae``, ``dalle``, ``clip``, ``judge`` (one
+Modules: ``common`` (run log, shared options), ``dvae``, ``dalle``, ``clip``, ``judge``, ``diffusion`` (one
 command each, with a settings dataclass where the command has many options), ``distributed``
 (DDP / FSDP under torchrun), ``accel`` (GPU fast paths with CPU fallbacks), ``sizing``
 (parameters, memory and FLOPs of a preset without building it).

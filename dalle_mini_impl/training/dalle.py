@@ -54,7 +54,7 @@ from ..utils import (atomic_write_bytes, check_finite, data_dir, load_checkpoint
 from ..viz import save_labelled_grid
 from . import distributed as D
 from .accel import compile_blocks, make_adamw, token_batches
-from .common import (GracefulStop, NonFiniteGuard, RunLog, StateOf, add_common_args, check_resume, command_line,
+from .common import (GracefulStop, drop_captions, NonFiniteGuard, RunLog, StateOf, add_common_args, check_resume, command_line,
                      data_digest, decay, file_digest, fresh_log, guard_shipped, held_out_split,
                      nonnegative_float, nonnegative_int, positive_float, positive_int, set_threads,
                      settings_from_args, truncate_log)
@@ -464,17 +464,6 @@ def write_samples(run: Run, trainer: Trainer, step: int, model: DALLE | None = N
                                                                      precision=prec))
     save_labelled_grid([images] if real is None else [real, images], captions,
                        run.out / "samples" / f"step_{step:06d}.png", upscale=3)
-
-
-def drop_captions(text_ids: torch.Tensor, p: float, empty: torch.Tensor, seed: int, step: int,
-                  rank: int = 0) -> torch.Tensor:
-    """Replace each caption of a batch (B, T) by the empty caption (``empty``, (T,): every
-    position padding) with probability ``p``, drawn from (seed, step, rank) so that a resumed run
-    drops the same ones: the unconditional model that classifier-free guidance subtracts
-    (GLIDE 2.3) is the same network, trained on the dropped captions."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + rank)
-    drop = (torch.rand(len(text_ids), generator=g) < p).to(text_ids.device)  # (B,)
-    return torch.where(drop[:, None], empty.to(text_ids.device, text_ids.dtype)[None], text_ids)
 
 
 def run_loop(run: Run, trainer: Trainer, text_ids: torch.Tensor, image_ids: torch.Tensor,

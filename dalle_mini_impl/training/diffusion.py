@@ -1,0 +1,214 @@
+"""Training the text-conditional diffusion model of lesson 11 (GLIDE in miniature: DDPM's
+simple loss, classifier-free guidance's caption dropout; :mod:`dalle_mini_impl.diffusion`).
+
+    python -m dalle_mini_impl.training diffusion --dataset shapes --objects 1 --steps 3000 --out runs/diffusion
+    python -m dalle_mini_impl generate "a small red circle on the left" --model runs/diffusion --guidance 3
+
+The conventions of the other commands: a seeded validation split (its loss at fixed noise and
+timesteps in every log line), ``metrics.jsonl``, sample grids (each validation caption under
+its sample, the real image above it), an atomic ``resume.pt`` every ``--ckpt-every`` steps,
+Ctrl-C / SIGTERM saves first, ``--resume`` continues exactly (every random draw is a function of
+(seed, step)), a non-finite update changes no weight. The saved system holds the EMA weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ..datasets import course_captions, load_pairs
+from ..diffusion import DiffusionSystem, UNetConfig
+from ..precision import pick_precision
+from ..tokenizer import CaptionTokenizer, course_tokenizer
+from ..utils import get_device, load_checkpoint, save_checkpoint, set_rng_state
+from ..viz import save_labelled_grid
+from . import distributed as D
+from .common import (GracefulStop, NonFiniteGuard, RunLog, StateOf, add_common_args, check_resume, command_line,
+                     decay, drop_captions, fresh_log, guard_shipped, held_out_split, nonnegative_int,
+                     plain_args, positive_int, set_threads, truncate_log)
+
+MAY_CHANGE = frozenset({"log_every", "ckpt_every", "sample_every", "threads", "device", "overwrite_shipped",
+                        "progress"})
+
+
+def _objects(text: str):
+    parts = tuple(int(p) for p in text.split(","))
+    if not parts or any(p not in (1, 2) for p in parts):
+        raise argparse.ArgumentTypeError(f"--objects takes 1, 2 or 1,2, got {text}")
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    """Linear warm-up, then a cosine decay to 10% of ``lr``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+@torch.no_grad()
+def validation_loss(model: DiffusionSystem, images: torch.Tensor, ids: torch.Tensor, seed: int,
+                    batch: int = 128) -> float:
+    """L_simple on the validation pairs at fixed timesteps and noise (the same draws at every
+    log line, so the curve moves only with the weights)."""
+    was = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed + 77)
+    total = 0.0
+    for s in range(0, len(images), batch):
+        total += model.loss(images[s:s + batch], ids[s:s + batch], generator=g).item() * len(images[s:s + batch])
+    model.train(was)
+    return total / max(1, len(images))
+
+
+def train_diffusion_command(args: argparse.Namespace) -> dict:
+    set_threads(args.threads)
+    device = get_device(args.device)
+    prec = pick_precision(device, args.precision)
+    guard_shipped(args.out, args.overwrite_shipped)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images, captions = load_pairs(args.dataset, args.n_train, args.image_size, args.seed, args.objects)
+    name = args.dataset.partition(":")[0].strip().lower()
+    tokenizer = (course_tokenizer(args.text_len) if name in ("shapes", "digits") else
+                 CaptionTokenizer.train_from_captions(course_captions() + captions, 512, args.text_len))
+    ids = tokenizer.encode(captions)  # (n, T)
+    n_val = 0 if len(images) < 40 else min(args.val_pairs, len(images) // 10)
+    train_idx, val_idx = held_out_split(len(images), n_val, args.seed)
+    batch = min(args.batch_size, len(train_idx))
+    cfg = UNetConfig(image_size=images.shape[-1], channels=images.shape[1], base=args.base,
+                     mults=tuple(args.mults), heads=args.heads, text_len=tokenizer.text_len,
+                     n_text_tokens=tokenizer.n_text_tokens, d_text=args.d_text, dropout=args.dropout)
+    torch.manual_seed(args.seed)
+    model = DiffusionSystem(tokenizer, cfg, T=args.T).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    ema = {k: v.detach().clone() for k, v in model.unet.state_dict().items()} if args.ema else None
+    options = plain_args(args)
+    log = RunLog(fresh_log(out, args.resume), quiet=False)
+    resume_path, start = out / "resume.pt", 0
+    if args.resume:
+        state = load_checkpoint(resume_path)
+        for note in check_resume(state["extra"].get("settings", {}), options, MAY_CHANGE):
+            print(f"resume: {note}", flush=True)
+        model.unet.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+        if ema is not None:
+            ema = state["extra"]["ema"]
+        if prec.scaler is not None and state["extra"].get("scaler"):
+            prec.scaler.load_state_dict(state["extra"]["scaler"])
+        truncate_log(log.path, start)
+        print(f"resumed from step {start}", flush=True)
+    print(f"precision: {prec}; {sum(p.numel() for p in model.unet.parameters()):,} parameters; "
+          f"{len(train_idx):,} training pairs, {len(val_idx):,} validation", flush=True)
+
+    def save(step: int) -> None:
+        save_checkpoint(resume_path, model=model.unet, optimizer=opt, config=cfg, step=step,
+                        extra={"settings": options, "ema": ema,
+                               "scaler": prec.scaler.state_dict() if prec.scaler is not None else None})
+
+    def with_ema(fn):
+        if ema is None:
+            return fn()
+        current = {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
+        model.unet.load_state_dict(ema)
+        try:
+            return fn()
+        finally:
+            model.unet.load_state_dict(current)
+
+    show = val_idx[:8] if len(val_idx) else train_idx[:8]
+
+    def samples(step: int) -> None:
+        caps = [captions[int(i)] for i in show]
+        fake = with_ema(lambda: model.generate(caps, 1, steps=args.sample_steps, guidance=args.guidance, seed=0))
+        save_labelled_grid([images[show], fake], caps, out / "samples" / f"step_{step:06d}.png", upscale=3)
+
+    guard, step, t0, seen, last = NonFiniteGuard(args.max_nonfinite), start, time.perf_counter(), 0, {}
+    stop = min(args.steps, start + args.stop_after) if args.stop_after else args.steps
+    empty = tokenizer.pad_ids()
+    model.train()
+    with GracefulStop() as interrupt:
+        while step < stop:
+            if interrupt.requested:
+                save(step)
+                print(f"\ninterrupted at step {step}: saved {resume_path}; continue with --resume", flush=True)
+                raise SystemExit(130)
+            pick = train_idx[D.batch_indices(len(train_idx), batch, step, args.seed)]
+            text = drop_captions(ids[pick], args.caption_dropout, empty, args.seed, step)
+            g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, args.steps, args.lr, args.warmup)
+            with prec.autocast():
+                loss = model.loss(images[pick], text, generator=g)
+            opt.zero_grad(set_to_none=True)
+            prec.backward(loss)
+            prec.unscale(opt)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            applied = prec.step(opt, norm)  # skips (changes no weight) on an inf / NaN gradient
+            guard.update(applied, step + 1)
+            if applied and ema is not None:
+                with torch.no_grad():
+                    for k, v in model.unet.state_dict().items():
+                        ema[k].lerp_(v, 1 - args.ema) if v.is_floating_point() else ema[k].copy_(v)
+            step += 1
+            seen += batch
+            if step % args.log_every == 0 or step == args.steps:
+                elapsed = time.perf_counter() - t0
+                last = {"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"], "grad_norm": float(norm),
+                        "skipped": guard.total, "images_per_s": seen / elapsed, "elapsed_s": elapsed}
+                if len(val_idx):
+                    last["val_loss"] = with_ema(lambda: validation_loss(model, images[val_idx], ids[val_idx],
+                                                                        args.seed))
+                log.write(last)
+            if args.sample_every and step % args.sample_every == 0 and step < args.steps:
+                samples(step)
+            if step % args.ckpt_every == 0 and step < stop:
+                save(step)
+    save(step)
+    if step < args.steps:
+        print(f"stopped at step {step} of {args.steps}: saved {resume_path}; continue with --resume", flush=True)
+        return last
+    with_ema(lambda: model.save(out))
+    result = dict(last, precision=prec.name, device=device.type, train_pairs=len(train_idx),
+                  parameters=sum(p.numel() for p in model.unet.parameters()), command=command_line())
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    samples(step)
+    print(f"step {step}: loss {last.get('loss', float('nan')):.4f}; saved the system in {out}. Generate with: "
+          f"python -m dalle_mini_impl generate \"a small red circle on the left\" --model {out} --guidance 3",
+          flush=True)
+    return result
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("diffusion", help="lesson 11: a text-conditional diffusion model (GLIDE in miniature)")
+    add_common_args(p, steps=3000, out="runs/diffusion", ckpt_every=250)
+    p.set_defaults(batch_size=64, lr=1e-3)
+    p.add_argument("--objects", type=_objects, default=1, help="shapes: objects per image, 1, 2 or 1,2")
+    p.add_argument("--n-train", type=positive_int, default=None, help="pairs to train on (shapes: drawn; default 20000)")
+    p.add_argument("--image-size", type=positive_int, default=32)
+    p.add_argument("--text-len", type=positive_int, default=16)
+    p.add_argument("--base", type=positive_int, default=32, help="U-Net channels at full resolution")
+    p.add_argument("--mults", type=lambda t: tuple(int(x) for x in t.split(",")), default=(1, 2, 2),
+                   help="channel multiplier per resolution, e.g. 1,2,2")
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--d-text", type=positive_int, default=64)
+    p.add_argument("--dropout", type=decay, default=0.0)
+    p.add_argument("--T", type=positive_int, default=1000, help="diffusion steps of the training process")
+    p.add_argument("--caption-dropout", type=decay, default=0.1,
+                   help="share of captions replaced by the empty one (classifier-free guidance; GLIDE used 0.2)")
+    p.add_argument("--warmup", type=nonnegative_int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
+    p.add_argument("--ema", type=decay, default=0.999, help="EMA decay of the weights (0: off)")
+    p.add_argument("--val-pairs", type=nonnegative_int, default=256)
+    p.add_argument("--sample-every", type=nonnegative_int, default=0)
+    p.add_argument("--sample-steps", type=positive_int, default=50, help="DDIM steps of the sample grids")
+    p.add_argument("--guidance", type=float, default=3.0, help="guidance scale of the sample grids")
+    p.add_argument("--max-nonfinite", type=nonnegative_int, default=10)
+    p.set_defaults(func=train_diffusion_command)
