@@ -146,7 +146,7 @@ def bench_short_cpu(repeats: int) -> None:
     """The figures behind ``attention.CPU_WRITTEN_OUT_MAX_LEN``: one attention call forward +
     backward on CPU with one thread, batch 32, 4 heads of 64 (the toy prior's shape), a causal
     mask, through SDPA's fused kernel, SDPA's MATH kernel and the written-out
-    ``attention_reference``, in bfloat16 and float32, at the toy's 96 keys and at 384."""
+    ``attention_reference``, in bfloat16 and float32, at the toy's 96 keys, 128, 256 and 384."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -154,7 +154,7 @@ def bench_short_cpu(repeats: int) -> None:
     print(f"{'dtype':>9} {'L':>5} {'fused ms':>9} {'MATH ms':>9} {'written-out ms':>15}")
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.bfloat16, torch.float32):
-        for L in (96, 384):
+        for L in (96, 128, 256, 384):
             q, k, v = (torch.randn(32, 4, L, 64, generator=g).to(dtype).requires_grad_()
                        for _ in range(3))
             mask = torch.ones(L, L, dtype=torch.bool).tril()

@@ -211,14 +211,16 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 # On CPU, SDPA is slow for short 16-bit sequences: its MATH backend computes half and bfloat16
-# inputs in float32, and its fused (flash) kernel is tuned for long ones. At the toy's 96 tokens
-# (batch 32, 4 heads of 64, one thread, forward + backward, bf16): fused 33.7 ms, MATH 22.5 ms,
-# the written-out attention_reference above (bf16 matmuls, float32 softmax) 10.0 ms. In float32
-# the fused kernel is the fastest (17.5 ms; MATH 21.4, written out 20.0), and in bf16 it wins
-# again from about 300 keys. So 16-bit CPU attention over at most CPU_WRITTEN_OUT_MAX_LEN keys
-# runs written out; everything else (GPUs, float32, long sequences) goes to SDPA. Both compute
-# the same function (tests/test_attention.py checks them against each other).
-CPU_WRITTEN_OUT_MAX_LEN = 256
+# inputs in float32, and its fused (flash) kernel is tuned for long ones. `bench/attention.py
+# --short-only` times one attention call forward + backward (batch 32, 4 heads of 64, causal, one
+# thread) on each path. On an AVX-512 + bf16 CPU, over five runs: at the toy's 96 keys in bf16,
+# fused 44-50 ms, MATH 62-76, written out (bf16 matmuls, float32 softmax) 34-55, the written-out
+# one fastest in four runs of five; at 128 keys 96 / 118 / 68; at 256 keys the fused kernel wins
+# (138-209 against 231-274). In float32 the fused kernel is the fastest at every length. So
+# 16-bit CPU attention over at most CPU_WRITTEN_OUT_MAX_LEN keys runs written out; everything
+# else (GPUs, float32, longer sequences) goes to SDPA. Both compute the same function
+# (tests/test_attention.py checks them against each other).
+CPU_WRITTEN_OUT_MAX_LEN = 128
 
 
 def attention_sdpa(q, k, v, mask: torch.Tensor | None = None, dropout_p: float = 0.0,
