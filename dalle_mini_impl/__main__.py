@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance scale s (1: none; > 1 for a prior trained with --caption-dropout)")
-    g.add_argument("--steps", type=positive_int, default=50, help="a diffusion system's DDIM sampling steps")
+    g.add_argument("--steps", type=positive_int, default=50, help="a diffusion system's sampling steps")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     g.add_argument("--threads", type=positive_int, default=None,
@@ -83,7 +83,7 @@ def generate_command(args: argparse.Namespace) -> Path:
         images = model.generate(args.captions, n=args.n, steps=args.steps, guidance=args.guidance, seed=args.seed)
         save_image_grid(images, out, nrow=args.n, upscale=args.upscale)
         print(f"wrote {out}: {len(args.captions)} caption(s) x {args.n} images in "
-              f"{time.perf_counter() - t:.1f} s ({model_dir.name}, diffusion, {args.steps} DDIM steps, "
+              f"{time.perf_counter() - t:.1f} s ({model_dir.name}, diffusion, {args.steps} sampling steps, "
               f"guidance {args.guidance})")
         return out
     model = DALLE.load(model_dir, device=get_device(args.device))
