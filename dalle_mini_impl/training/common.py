@@ -306,3 +306,38 @@ def drop_captions(text_ids: torch.Tensor, p: float, empty: torch.Tensor, seed: i
     g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + rank)
     drop = (torch.rand(len(text_ids), generator=g) < p).to(text_ids.device)  # (B,)
     return torch.where(drop[:, None], empty.to(text_ids.device, text_ids.dtype)[None], text_ids)
+
+
+def objects_arg(text: str):
+    """argparse type of ``--objects``: 1, 2 or 1,2 (objects per shapes image)."""
+    try:
+        parts = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if not parts or any(p not in (1, 2) for p in parts):
+        raise argparse.ArgumentTypeError(f"takes 1, 2 or 1,2, got {text}")
+    return parts[0] if len(parts) == 1 else parts
+
+
+@torch.no_grad()
+def update_ema(ema: dict, module: torch.nn.Module, decay: float) -> None:
+    """ema <- decay ema + (1 - decay) weights, for every float tensor of ``module``'s state
+    (others, e.g. counters, are copied)."""
+    for k, v in module.state_dict().items():
+        if v.is_floating_point():
+            ema[k].lerp_(v, 1 - decay)
+        else:
+            ema[k].copy_(v)
+
+
+def with_weights(module: torch.nn.Module, state: dict | None, fn):
+    """Run ``fn`` with ``state`` (e.g. the EMA weights) loaded into ``module`` (if any), then
+    restore the module's own weights."""
+    if state is None:
+        return fn()
+    current = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    module.load_state_dict(state)
+    try:
+        return fn()
+    finally:
+        module.load_state_dict(current)

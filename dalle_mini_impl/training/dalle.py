@@ -54,10 +54,10 @@ from ..utils import (atomic_write_bytes, check_finite, data_dir, load_checkpoint
 from ..viz import save_labelled_grid
 from . import distributed as D
 from .accel import compile_blocks, make_adamw, token_batches
-from .common import (GracefulStop, drop_captions, NonFiniteGuard, RunLog, StateOf, add_common_args, check_resume, command_line,
-                     data_digest, decay, file_digest, fresh_log, guard_shipped, held_out_split,
-                     nonnegative_float, nonnegative_int, positive_float, positive_int, set_threads,
-                     settings_from_args, truncate_log)
+from .common import (GracefulStop, NonFiniteGuard, RunLog, StateOf, add_common_args, check_resume, command_line,
+                     data_digest, decay, drop_captions, file_digest, fresh_log, guard_shipped, held_out_split,
+                     nonnegative_float, nonnegative_int, objects_arg, positive_float, positive_int, set_threads,
+                     settings_from_args, truncate_log, update_ema, with_weights)
 from .sizing import paper_report
 
 SHAPES_SAMPLE_CAPTIONS = [
@@ -404,12 +404,7 @@ class Trainer:
         applied = self.prec.step(self.opt, grad_norm)
         self.guard.update(applied, step + 1)
         if self.ema is not None and applied:
-            with torch.no_grad():
-                for k, v in prior.state_dict().items():
-                    if v.is_floating_point():
-                        self.ema[k].lerp_(v, 1 - s.ema)
-                    else:
-                        self.ema[k].copy_(v)
+            update_ema(self.ema, prior, s.ema)
         record = {"loss": losses["loss"].item(), "text_loss": losses["text"].item(),
                   "image_loss": losses["image"].item(), "lr": self.opt.param_groups[0]["lr"],
                   "grad_norm": float(grad_norm), "skipped": self.guard.total}
@@ -417,18 +412,6 @@ class Trainer:
             record.update(log2_scales=[round(x, 3) for x in self.prec.grad_scaler.log2_scales],
                           skipped_per_block=list(self.prec.grad_scaler.skipped_per_block))
         return record
-
-
-def with_weights(model: DALLE, ema: dict | None, fn):
-    """Run ``fn`` with the EMA weights loaded into the prior (if any), then restore."""
-    if ema is None:
-        return fn()
-    current = {k: v.detach().clone() for k, v in model.prior.state_dict().items()}
-    model.prior.load_state_dict(ema)
-    try:
-        return fn()
-    finally:
-        model.prior.load_state_dict(current)
 
 
 def sample_examples(run: Run, images: torch.Tensor, val_idx: torch.Tensor) -> None:
@@ -460,7 +443,7 @@ def write_samples(run: Run, trainer: Trainer, step: int, model: DALLE | None = N
     else:  # every caption is longer than the model reads
         return
     prec = trainer.prec.compute if isinstance(trainer.prec, ResblockPrecision) else trainer.prec
-    images = with_weights(model, trainer.ema, lambda: model.generate(captions, 1, top_k=run.s.top_k, seed=0,
+    images = with_weights(model.prior, trainer.ema, lambda: model.generate(captions, 1, top_k=run.s.top_k, seed=0,
                                                                      precision=prec))
     save_labelled_grid([images] if real is None else [real, images], captions,
                        run.out / "samples" / f"step_{step:06d}.png", upscale=3)
@@ -551,7 +534,7 @@ def finish(run: Run, trainer: Trainer, step: int, last: dict, n_pairs: int) -> d
     if step >= s.steps and run.rank == 0:
         command = command_line()
         held = [list(p) for p in DEFAULT_HOLDOUT] if run.dataset_name == "shapes" else []
-        with_weights(model, trainer.ema, lambda: model.save(
+        with_weights(model.prior, trainer.ema, lambda: model.save(
             run.out, weights_dtype=torch.float16 if s.save_fp16 else None,
             extra={"step": step, "metrics": result, "command": command, "held_out_pairs": held}))
         (run.out / "metrics.json").write_text(json.dumps(dict(result, command=command), indent=2) + "\n")
@@ -597,17 +580,13 @@ def train_dalle(s: DalleSettings) -> dict:
     return finish(run, trainer, step, last, len(text_ids))
 
 
-def _objects(text: str):
-    return tuple(int(x) for x in text.split(",")) if "," in text else int(text)
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("dalle", help="stage 2: the transformer prior over text + image tokens (lesson 08)")
     add_common_args(p, steps=1000, out="runs/dalle", preset_help="cpu, gpu16, gpu80 (default: by device) or "
                     "paper (prints the 12B shape)")
     p.set_defaults(ckpt_every=500)
     p.add_argument("--dvae", default=None, help="dVAE checkpoint (default: data/dvae_shapes_toy/dvae.pt)")
-    p.add_argument("--objects", type=_objects, default=1, help="shapes: objects per image, 1, 2 or 1,2")
+    p.add_argument("--objects", type=objects_arg, default=1, help="shapes: objects per image, 1, 2 or 1,2")
     p.add_argument("--n-train", type=positive_int, default=None, help="pairs to train on (shapes: drawn; default 20000)")
     p.add_argument("--text-len", type=positive_int, default=None, help="text positions (default: the preset's)")
     p.add_argument("--bpe-vocab", type=positive_int, default=None,

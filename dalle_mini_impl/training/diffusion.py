@@ -29,17 +29,10 @@ from ..viz import save_labelled_grid
 from . import distributed as D
 from .common import (GracefulStop, NonFiniteGuard, RunLog, StateOf, add_common_args, check_resume, command_line,
                      decay, drop_captions, fresh_log, guard_shipped, held_out_split, nonnegative_int,
-                     plain_args, positive_int, set_threads, truncate_log)
+                     objects_arg, plain_args, positive_int, set_threads, truncate_log, update_ema, with_weights)
 
 MAY_CHANGE = frozenset({"log_every", "ckpt_every", "sample_every", "threads", "device", "overwrite_shipped",
                         "progress"})
-
-
-def _objects(text: str):
-    parts = tuple(int(p) for p in text.split(","))
-    if not parts or any(p not in (1, 2) for p in parts):
-        raise argparse.ArgumentTypeError(f"--objects takes 1, 2 or 1,2, got {text}")
-    return parts[0] if len(parts) == 1 else parts
 
 
 def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -113,14 +106,7 @@ def train_diffusion_command(args: argparse.Namespace) -> dict:
                                "scaler": prec.scaler.state_dict() if prec.scaler is not None else None})
 
     def with_ema(fn):
-        if ema is None:
-            return fn()
-        current = {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
-        model.unet.load_state_dict(ema)
-        try:
-            return fn()
-        finally:
-            model.unet.load_state_dict(current)
+        return with_weights(model.unet, ema, fn)
 
     show = val_idx[:8] if len(val_idx) else train_idx[:8]
 
@@ -153,9 +139,7 @@ def train_diffusion_command(args: argparse.Namespace) -> dict:
             applied = prec.step(opt, norm)  # skips (changes no weight) on an inf / NaN gradient
             guard.update(applied, step + 1)
             if applied and ema is not None:
-                with torch.no_grad():
-                    for k, v in model.unet.state_dict().items():
-                        ema[k].lerp_(v, 1 - args.ema) if v.is_floating_point() else ema[k].copy_(v)
+                update_ema(ema, model.unet, args.ema)
             step += 1
             seen += batch
             if step % args.log_every == 0 or step == args.steps:
@@ -189,7 +173,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("diffusion", help="lesson 11: a text-conditional diffusion model (GLIDE in miniature)")
     add_common_args(p, steps=3000, out="runs/diffusion", ckpt_every=250)
     p.set_defaults(batch_size=64, lr=1e-3)
-    p.add_argument("--objects", type=_objects, default=1, help="shapes: objects per image, 1, 2 or 1,2")
+    p.add_argument("--objects", type=objects_arg, default=1, help="shapes: objects per image, 1, 2 or 1,2")
     p.add_argument("--n-train", type=positive_int, default=None, help="pairs to train on (shapes: drawn; default 20000)")
     p.add_argument("--image-size", type=positive_int, default=32)
     p.add_argument("--text-len", type=positive_int, default=16)
