@@ -59,20 +59,21 @@ def _final_weights(out):
     return torch.load(Path(out) / "resume.pt", weights_only=True)["model"]
 
 
-def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, dvae_file, monkeypatch, sigint_after):
+@pytest.mark.parametrize("augment", [(), ("--shift", "1", "--caption-dropout", "0.25")], ids=["plain", "augmented"])
+def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, dvae_file, monkeypatch, sigint_after, augment):
     full = tmp_path / "full"
-    main(_train_args(tmp_path, dvae_file, full, "--ema", "0.9"))
+    main(_train_args(tmp_path, dvae_file, full, "--ema", "0.9", *augment))
     # the same run, sent Ctrl-C at the worst moment: right after the optimizer step of update 4.
     # The step finishes, resume.pt is saved labelled 4 holding exactly 4 updates, and it exits 130
     part = tmp_path / "part"
     real_step = Precision.step
     monkeypatch.setattr(Precision, "step", sigint_after(real_step, 4))
     with pytest.raises(SystemExit) as exc:
-        main(_train_args(tmp_path, dvae_file, part, "--ema", "0.9"))
+        main(_train_args(tmp_path, dvae_file, part, "--ema", "0.9", *augment))
     assert exc.value.code == 130
     assert torch.load(part / "resume.pt", weights_only=True)["step"] == 4
     monkeypatch.setattr(Precision, "step", real_step)
-    main(_train_args(tmp_path, dvae_file, part, "--ema", "0.9", "--resume"))
+    main(_train_args(tmp_path, dvae_file, part, "--ema", "0.9", "--resume", *augment))
     a, b = _final_weights(full), _final_weights(part)
     assert a.keys() == b.keys()
     for k in a:
@@ -402,6 +403,40 @@ def test_per_resblock_scaling_trains_like_float32(tmp_path, dvae_file):
     spread = max(fp32) - min(fp32)
     ours = final(0, *PER_RESBLOCK)
     assert min(fp32) - spread <= ours <= max(fp32) + spread, (ours, fp32)
+
+
+# --------------------------------------------------------------------------- augmentation
+def test_shift_augmentation_tokenises_every_translation_and_draws_one_per_pair(tmp_path, dvae_file):
+    from dalle_mini_impl.training.dalle import pick_shifts, shifted, shifts
+    img = torch.zeros(1, 3, 16, 16)
+    img[..., 5, 7] = 1.0
+    img[..., 0, :] = 0.5  # an edge row: the uncovered border repeats it
+    down_left = shifted(img, 1, -1)
+    assert down_left[0, 0, 6, 6] == 1.0 and down_left.sum() > 0 and down_left.shape == img.shape
+    assert torch.equal(down_left[..., 0, :], torch.full((1, 3, 16), 0.5))
+    assert shifts(1)[4] == (0, 0) and len(shifts(2)) == 25
+    main(_train_args(tmp_path, dvae_file, tmp_path / "s", "--steps", "2", "--shift", "1"))
+    image = torch.load(tmp_path / "s" / "tokens.pt", weights_only=True)["image"]
+    assert image.shape[1:] == (9, 16)  # 64 pairs x 9 translations x 4x4 tokens
+    model = DALLE.load(tmp_path / "s")
+    real, _ = load_pairs("shapes", 64, 16, 0)
+    assert image.dtype == torch.int16 and torch.equal(image[:, 4].long(), model.encode_images(real).cpu())  # the middle one is the image itself
+    assert not torch.equal(image[:, 0], image[:, 4])
+    a, b = pick_shifts(image, 0, 5), pick_shifts(image, 0, 5)
+    assert torch.equal(a, b) and not torch.equal(a, pick_shifts(image, 0, 6))  # a function of (seed, step)
+
+
+def test_text_len_fits_the_captions_unless_given(tmp_path, dvae_file):
+    from dalle_mini_impl.datasets import DigitsDataset
+    from dalle_mini_impl.tokenizer import course_tokenizer
+    from dalle_mini_impl.training.dalle import fitted_text_len
+    tok = course_tokenizer(32)
+    assert max(len(tok.tokens(c)) for c in DigitsDataset().captions) == 5
+    assert fitted_text_len(tok, DigitsDataset().captions, 32) == 8      # 5 tokens + room -> 8, not 32
+    assert fitted_text_len(tok, ["word " * 40], 32) == 32                # never more than the preset's
+    args = [a for a in _train_args(tmp_path, dvae_file, tmp_path / "t", "--steps", "1") if a not in ("--text-len", "12")]
+    main(args)
+    assert DALLE.load(tmp_path / "t").text_len == 16  # one-object shapes captions: at most 10 tokens
 
 
 # --------------------------------------------------------------------------- validation
