@@ -113,10 +113,13 @@ class AutoencoderConfig:
     n_res: int = 0
     latent_dim: int | None = 16
     latent_channels: int = 4
+    output: str = "sigmoid"  # or "linear": the decoder's output is the image (clamped when decoding)
 
     def __post_init__(self):
         _check_positive(in_channels=self.in_channels, image_size=self.image_size,
                         hidden=self.hidden, latent_channels=self.latent_channels)
+        if self.output not in ("sigmoid", "linear"):
+            raise ValueError(f"output must be 'sigmoid' or 'linear', got {self.output!r}")
         factor = 2 ** self.n_down
         if self.n_down < 0 or self.image_size % factor:
             raise ValueError(f"image_size {self.image_size} is not divisible by the downsampling "
@@ -147,7 +150,8 @@ def check_images(x: torch.Tensor, in_channels: int, image_size: int) -> None:
 
 
 class Autoencoder(nn.Module):
-    """x (B, C, S, S) in [0, 1] -> z -> x_hat (B, C, S, S) in [0, 1] (a sigmoid output).
+    """x (B, C, S, S) in [0, 1] -> z -> x_hat (B, C, S, S) in [0, 1] (a sigmoid output, or with
+    ``output="linear"`` the decoder's output clamped).
 
     ``encode`` gives z: (B, latent_dim), or (B, latent_channels, g, g) with ``latent_dim=None``.
     ``loss`` is the mean squared error per pixel (the figure the lesson reports).
@@ -178,15 +182,21 @@ class Autoencoder(nn.Module):
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)  # (B, C, S, S), unbounded
 
+    def _squash(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(out) if self.config.output == "sigmoid" else out
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decode_logits(z))  # (B, C, S, S) in [0, 1]
+        return self._squash(self.decode_logits(z)).clamp(0, 1)  # (B, C, S, S) in [0, 1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean squared error per pixel between x and its reconstruction."""
-        return F.mse_loss(self(x), x)
+        """Mean squared error per pixel between x and its reconstruction. With ``output="linear"``
+        the decoder's raw output is compared (no clamp, so every pixel has a gradient): on shapes,
+        mostly black, a sigmoid output saturates at black within a few hundred updates and the
+        autoencoder never learns the objects (MSE stuck near 0.03, the error of a black image)."""
+        return F.mse_loss(self._squash(self.decode_logits(self.encode(x))), x)
 
 
 @torch.no_grad()

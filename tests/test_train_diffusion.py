@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from dalle_mini_impl.__main__ import main as cli_main
+from dalle_mini_impl.autoencoder import Autoencoder, AutoencoderConfig
 from dalle_mini_impl.diffusion import DiffusionSystem
 from dalle_mini_impl.training.__main__ import main
 
-TINY = ["--base", "8", "--mults", "1,2", "--d-text", "16", "--heads", "2", "--n-train", "48", "--batch-size", "4",
+TINY = ["--latent-channels", "0", "--base", "8", "--mults", "1,2", "--d-text", "16", "--heads", "2", "--n-train", "48", "--batch-size", "4",
         "--T", "20", "--val-pairs", "8", "--sample-steps", "2", "--log-every", "1", "--ckpt-every", "2",
         "--precision", "fp32", "--device", "cpu", "--threads", "1"]
 
@@ -64,3 +65,32 @@ def test_ctrl_c_saves_at_a_step_boundary_and_resumes_exactly(tmp_path, monkeypat
 def test_a_diffusion_directory_is_checked_on_load(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a diffusion system"):
         DiffusionSystem.load(tmp_path)
+
+
+def test_latent_diffusion_trains_saves_resumes_and_inpaints(tmp_path):
+    """--latent-channels: lesson 01's autoencoder is fitted first, the U-Net runs on its 8x8
+    latent, the system decodes to 32x32 pixels; resume reuses the saved autoencoder and equals
+    an uninterrupted run; inpainting keeps the known pixels exactly."""
+    latent = ["--latent-channels", "4", "--ae-steps", "3", "--ae-hidden", "8", "--attn-levels", "1"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    main(["diffusion", "--steps", "4", "--out", str(full), *TINY, *latent])
+    main(["diffusion", "--steps", "4", "--stop-after", "2", "--out", str(part), *TINY, *latent])
+    main(["diffusion", "--steps", "4", "--out", str(part), "--resume", *TINY, *latent])
+    a = torch.load(full / "unet.pt", weights_only=True)
+    b = torch.load(part / "unet.pt", weights_only=True)
+    assert all(torch.equal(a["unet"][k], b["unet"][k]) for k in a["unet"])
+    assert all(torch.equal(a["autoencoder"][k], b["autoencoder"][k]) for k in a["autoencoder"])
+    model = DiffusionSystem.load(full)
+    assert model.config.image_size == 8 and model.config.channels == 4 and model.image_shape == (3, 32, 32)
+    low, high = model.latent_range  # each channel's training range: what sampling clamps x0_hat to
+    assert len(low) == len(high) == 4 and all(l < h for l, h in zip(low, high))
+    x = model.generate(["a small red circle on the left"], n=2, steps=3, seed=0)
+    assert x.shape == (2, 3, 32, 32) and 0 <= x.min() and x.max() <= 1
+    known = torch.rand(2, 3, 32, 32)
+    keep = torch.ones(1, 1, 32, 32)
+    keep[..., 8:24, 8:24] = 0
+    y = model.generate(["a large blue square in the centre"], n=2, steps=3, seed=0, known=known, keep=keep)
+    assert torch.equal(y * keep, known * keep)
+    flat = Autoencoder(AutoencoderConfig(in_channels=3, image_size=32, latent_dim=16))  # a vector, not a grid
+    with pytest.raises(ValueError, match="spatial latent"):
+        DiffusionSystem(model.tokenizer, model.config, autoencoder=flat)

@@ -1,7 +1,7 @@
 """Training the text-conditional diffusion model of lesson 11 (GLIDE in miniature: DDPM's
 simple loss, classifier-free guidance's caption dropout; :mod:`dalle_mini_impl.diffusion`).
 
-    python -m dalle_mini_impl.training diffusion --dataset shapes --objects 1 --steps 3000 --out runs/diffusion
+    python -m dalle_mini_impl.training diffusion --dataset shapes --objects 1 --steps 4000 --out runs/diffusion
     python -m dalle_mini_impl generate "a small red circle on the left" --model runs/diffusion --guidance 3
 
 The conventions of the other commands: a seeded validation split (its loss at fixed noise and
@@ -9,6 +9,12 @@ timesteps in every log line), ``metrics.jsonl``, sample grids (each validation c
 its sample, the real image above it), an atomic ``resume.pt`` every ``--ckpt-every`` steps,
 Ctrl-C / SIGTERM saves first, ``--resume`` continues exactly (every random draw is a function of
 (seed, step)), a non-finite update changes no weight. The saved system holds the EMA weights.
+
+``--latent-channels C`` (latent diffusion, the default with C = 4; 0 trains in pixels): first
+fits lesson 01's autoencoder with a spatial
+latent (32x32x3 -> 8x8xC, ``--ae-steps`` updates; saved as ``OUT/autoencoder.pt`` and reused by
+``--resume``), encodes every image once, and trains the U-Net on the latents scaled to unit
+variance; the system decodes its samples back to pixels.
 """
 from __future__ import annotations
 
@@ -20,11 +26,12 @@ from pathlib import Path
 
 import torch
 
+from ..autoencoder import Autoencoder, AutoencoderConfig, fit
 from ..datasets import course_captions, load_pairs
 from ..diffusion import DiffusionSystem, UNetConfig
 from ..precision import pick_precision
 from ..tokenizer import CaptionTokenizer, course_tokenizer
-from ..utils import get_device, load_checkpoint, save_checkpoint, set_rng_state
+from ..utils import get_device, load_checkpoint, safe_load, save_checkpoint, set_rng_state
 from ..viz import save_labelled_grid
 from . import distributed as D
 from .common import (GracefulStop, NonFiniteGuard, RunLog, StateOf, add_common_args, check_resume, command_line,
@@ -44,18 +51,46 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 
 @torch.no_grad()
-def validation_loss(model: DiffusionSystem, images: torch.Tensor, ids: torch.Tensor, seed: int,
+def validation_loss(model: DiffusionSystem, space: torch.Tensor, ids: torch.Tensor, seed: int,
                     batch: int = 128) -> float:
-    """L_simple on the validation pairs at fixed timesteps and noise (the same draws at every
-    log line, so the curve moves only with the weights)."""
+    """L_simple on the validation pairs (``space``: :meth:`DiffusionSystem.to_space` of their
+    images) at fixed timesteps and noise (the same draws at every log line, so the curve moves
+    only with the weights)."""
+    images = space
     was = model.training
     model.eval()
     g = torch.Generator().manual_seed(seed + 77)
     total = 0.0
-    for s in range(0, len(images), batch):
-        total += model.loss(images[s:s + batch], ids[s:s + batch], generator=g).item() * len(images[s:s + batch])
+    for s in range(0, len(images), batch):  # images: already in the process's space
+        total += model.loss_in_space(images[s:s + batch], ids[s:s + batch], generator=g).item() * len(images[s:s + batch])
     model.train(was)
     return total / max(1, len(images))
+
+
+def latent_autoencoder(images: torch.Tensor, args: argparse.Namespace, out: Path,
+                       device: torch.device) -> tuple[Autoencoder, float]:
+    """(lesson 01's autoencoder with a spatial latent, the scale that gives its latents unit
+    variance), fitted on the training images (``--ae-steps``) or read from ``OUT/autoencoder.pt``
+    when a run resumes."""
+    cfg = AutoencoderConfig(in_channels=images.shape[1], image_size=images.shape[-1], hidden=args.ae_hidden,
+                            n_down=2, n_res=0, latent_dim=None, latent_channels=args.latent_channels,
+                            output="linear")  # a sigmoid saturates at shapes' black background
+    torch.manual_seed(args.seed)
+    ae = Autoencoder(cfg).to(device)
+    path = out / "autoencoder.pt"
+    if args.resume and path.is_file():
+        ae.load_state_dict(safe_load(path)["model"])
+    else:
+        print(f"fitting the autoencoder (32x32 -> {cfg.grid}x{cfg.grid}x{cfg.latent_channels}), "
+              f"{args.ae_steps} updates ...", flush=True)
+        history = fit(ae, images, args.ae_steps, batch_size=64, lr=2e-3,
+                      generator=torch.Generator().manual_seed(args.seed), precision="fp32")
+        print(f"autoencoder: final reconstruction MSE {history['loss'][-1]:.4f}", flush=True)
+        save_checkpoint(path, model=ae, config=cfg, step=args.ae_steps)
+    ae.eval()
+    with torch.no_grad():
+        z = torch.cat([ae.encode(images[i:i + 512].to(device)).float().cpu() for i in range(0, len(images), 512)])
+    return ae, 1.0 / max(z.std().item(), 1e-6)
 
 
 def train_diffusion_command(args: argparse.Namespace) -> dict:
@@ -73,12 +108,21 @@ def train_diffusion_command(args: argparse.Namespace) -> dict:
     n_val = 0 if len(images) < 40 else min(args.val_pairs, len(images) // 10)
     train_idx, val_idx = held_out_split(len(images), n_val, args.seed)
     batch = min(args.batch_size, len(train_idx))
-    cfg = UNetConfig(image_size=images.shape[-1], channels=images.shape[1], base=args.base,
-                     mults=tuple(args.mults), heads=args.heads, text_len=tokenizer.text_len,
-                     n_text_tokens=tokenizer.n_text_tokens, d_text=args.d_text, dropout=args.dropout)
+    ae, scale = (latent_autoencoder(images[train_idx], args, out, device)
+                 if args.latent_channels else (None, 1.0))
+    size = ae.config.grid if ae is not None else images.shape[-1]
+    cfg = UNetConfig(image_size=size, channels=args.latent_channels or images.shape[1], base=args.base,
+                     mults=tuple(args.mults), heads=args.heads,
+                     attn_levels=(args.attn_levels if args.attn_levels is not None else
+                                  tuple(range(len(args.mults))) if ae is not None else (len(args.mults) - 1,)),
+                     text_len=tokenizer.text_len, n_text_tokens=tokenizer.n_text_tokens, d_text=args.d_text,
+                     dropout=args.dropout)
     torch.manual_seed(args.seed)
-    model = DiffusionSystem(tokenizer, cfg, T=args.T).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    model = DiffusionSystem(tokenizer, cfg, T=args.T, autoencoder=ae, latent_scale=scale).to(device)
+    space = torch.cat([model.to_space(images[i:i + 512]).cpu() for i in range(0, len(images), 512)])  # once
+    if ae is not None:
+        model.fit_latent_range(space[train_idx])
+    opt = torch.optim.AdamW(model.unet.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     ema = {k: v.detach().clone() for k, v in model.unet.state_dict().items()} if args.ema else None
     options = plain_args(args)
     log = RunLog(fresh_log(out, args.resume), quiet=False)
@@ -131,11 +175,11 @@ def train_diffusion_command(args: argparse.Namespace) -> dict:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, args.steps, args.lr, args.warmup)
             with prec.autocast():
-                loss = model.loss(images[pick], text, generator=g)
+                loss = model.loss_in_space(space[pick], text, generator=g)
             opt.zero_grad(set_to_none=True)
             prec.backward(loss)
             prec.unscale(opt)
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            norm = torch.nn.utils.clip_grad_norm_(model.unet.parameters(), args.clip)
             applied = prec.step(opt, norm)  # skips (changes no weight) on an inf / NaN gradient
             guard.update(applied, step + 1)
             if applied and ema is not None:
@@ -147,7 +191,7 @@ def train_diffusion_command(args: argparse.Namespace) -> dict:
                 last = {"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"], "grad_norm": float(norm),
                         "skipped": guard.total, "images_per_s": seen / elapsed, "elapsed_s": elapsed}
                 if len(val_idx):
-                    last["val_loss"] = with_ema(lambda: validation_loss(model, images[val_idx], ids[val_idx],
+                    last["val_loss"] = with_ema(lambda: validation_loss(model, space[val_idx], ids[val_idx],
                                                                         args.seed))
                 log.write(last)
             if args.sample_every and step % args.sample_every == 0 and step < args.steps:
@@ -177,9 +221,17 @@ def add_parser(sub) -> None:
     p.add_argument("--n-train", type=positive_int, default=None, help="pairs to train on (shapes: drawn; default 20000)")
     p.add_argument("--image-size", type=positive_int, default=32)
     p.add_argument("--text-len", type=positive_int, default=16)
-    p.add_argument("--base", type=positive_int, default=32, help="U-Net channels at full resolution")
-    p.add_argument("--mults", type=lambda t: tuple(int(x) for x in t.split(",")), default=(1, 2, 2),
-                   help="channel multiplier per resolution, e.g. 1,2,2")
+    p.add_argument("--base", type=positive_int, default=64, help="U-Net channels at full resolution")
+    p.add_argument("--mults", type=lambda t: tuple(int(x) for x in t.split(",")), default=(1, 2),
+                   help="channel multiplier per resolution, e.g. 1,2 (the 8x8 latent: 8 and 4)")
+    p.add_argument("--attn-levels", type=lambda t: tuple(int(x) for x in t.split(",")) if t else (), default=None,
+                   help="levels (0 = full resolution) with attention over the image and the caption, e.g. 0,1 "
+                        "(default: every level of a latent U-Net, the lowest resolution only in pixels)")
+    p.add_argument("--latent-channels", type=nonnegative_int, default=4,
+                   help="latent diffusion over lesson 01's autoencoder (32x32 -> 8x8 x this many); 0: in "
+                        "pixels (2,000 steps in 15 minutes did not learn the captions there: accuracy 0.05)")
+    p.add_argument("--ae-steps", type=positive_int, default=1000, help="autoencoder updates (latent diffusion)")
+    p.add_argument("--ae-hidden", type=positive_int, default=32, help="autoencoder width (latent diffusion)")
     p.add_argument("--heads", type=positive_int, default=4)
     p.add_argument("--d-text", type=positive_int, default=64)
     p.add_argument("--dropout", type=decay, default=0.0)
