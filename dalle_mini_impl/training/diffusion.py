@@ -68,10 +68,9 @@ def validation_loss(model: DiffusionSystem, space: torch.Tensor, ids: torch.Tens
 
 
 def latent_autoencoder(images: torch.Tensor, args: argparse.Namespace, out: Path,
-                       device: torch.device) -> tuple[Autoencoder, float]:
-    """(lesson 01's autoencoder with a spatial latent, the scale that gives its latents unit
-    variance), fitted on the training images (``--ae-steps``) or read from ``OUT/autoencoder.pt``
-    when a run resumes."""
+                       device: torch.device) -> Autoencoder:
+    """Lesson 01's autoencoder with a spatial latent, fitted on the training images
+    (``--ae-steps``) or read from ``OUT/autoencoder.pt`` when a run resumes."""
     cfg = AutoencoderConfig(in_channels=images.shape[1], image_size=images.shape[-1], hidden=args.ae_hidden,
                             n_down=2, n_res=0, latent_dim=None, latent_channels=args.latent_channels,
                             output="linear")  # a sigmoid saturates at shapes' black background
@@ -87,10 +86,7 @@ def latent_autoencoder(images: torch.Tensor, args: argparse.Namespace, out: Path
                       generator=torch.Generator().manual_seed(args.seed), precision="fp32")
         print(f"autoencoder: final reconstruction MSE {history['loss'][-1]:.4f}", flush=True)
         save_checkpoint(path, model=ae, config=cfg, step=args.ae_steps)
-    ae.eval()
-    with torch.no_grad():
-        z = torch.cat([ae.encode(images[i:i + 512].to(device)).float().cpu() for i in range(0, len(images), 512)])
-    return ae, 1.0 / max(z.std().item(), 1e-6)
+    return ae.eval()
 
 
 def train_diffusion_command(args: argparse.Namespace) -> dict:
@@ -108,8 +104,7 @@ def train_diffusion_command(args: argparse.Namespace) -> dict:
     n_val = 0 if len(images) < 40 else min(args.val_pairs, len(images) // 10)
     train_idx, val_idx = held_out_split(len(images), n_val, args.seed)
     batch = min(args.batch_size, len(train_idx))
-    ae, scale = (latent_autoencoder(images[train_idx], args, out, device)
-                 if args.latent_channels else (None, 1.0))
+    ae = latent_autoencoder(images[train_idx], args, out, device) if args.latent_channels else None
     size = ae.config.grid if ae is not None else images.shape[-1]
     cfg = UNetConfig(image_size=size, channels=args.latent_channels or images.shape[1], base=args.base,
                      mults=tuple(args.mults), heads=args.heads,
@@ -118,9 +113,11 @@ def train_diffusion_command(args: argparse.Namespace) -> dict:
                      text_len=tokenizer.text_len, n_text_tokens=tokenizer.n_text_tokens, d_text=args.d_text,
                      dropout=args.dropout)
     torch.manual_seed(args.seed)
-    model = DiffusionSystem(tokenizer, cfg, T=args.T, autoencoder=ae, latent_scale=scale).to(device)
+    model = DiffusionSystem(tokenizer, cfg, T=args.T, autoencoder=ae).to(device)
     space = torch.cat([model.to_space(images[i:i + 512]).cpu() for i in range(0, len(images), 512)])  # once
-    if ae is not None:
+    if ae is not None:  # latents scaled to unit variance on the training images; their range for sampling
+        model.latent_scale = 1.0 / max(space[train_idx].std().item(), 1e-6)
+        space = space * model.latent_scale
         model.fit_latent_range(space[train_idx])
     opt = torch.optim.AdamW(model.unet.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     ema = {k: v.detach().clone() for k, v in model.unet.state_dict().items()} if args.ema else None
