@@ -8,6 +8,8 @@ training run.
 tiny system shipped in data/dalle_shapes_two, which draws one- and two-object scenes; lesson 08's
 one-object system is data/dalle_shapes_toy). Several captions may be given; the grid has one row
 per caption. Sampling: ``--temperature``, ``--top-k``, ``--top-p``, ``--seed``, ``--guidance``.
+A diffusion system (``training diffusion``, lesson 11: ``--steps``, ``--clip-guidance``) or an
+unCLIP directory (``training prior`` + its decoder, lesson 12) works as ``--model`` too.
 ``report`` writes one self-contained HTML page of a run's curves and grids
 (:mod:`dalle_mini_impl.training.report`).
 """
@@ -22,9 +24,11 @@ import torch
 
 from .dalle import DALLE
 from .diffusion import DiffusionSystem
+from .noisy_clip import NoisyCLIP
 from .precision import PRECISION_CHOICES
 from .training.common import positive_int
 from .training.report import read_run, report_page, summary_lines
+from .unclip import UnCLIP
 from .utils import data_dir, free_cores, get_device
 from .viz import save_image_grid
 
@@ -47,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance", type=float, default=1.0,
                    help="classifier-free guidance scale s (1: none; > 1 for a prior trained with --caption-dropout)")
     g.add_argument("--steps", type=positive_int, default=50, help="a diffusion system's sampling steps")
+    g.add_argument("--clip-guidance", type=float, default=0.0,
+                   help="a diffusion system with a noisy_clip.pt beside it: CLIP guidance scale s (e.g. 300 with "
+                        "--guidance 0; 0: off)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     g.add_argument("--threads", type=positive_int, default=None,
@@ -78,13 +85,30 @@ def generate_command(args: argparse.Namespace) -> Path:
                          "e.g. outputs/grid.png")
     model_dir = Path(args.model) if args.model else data_dir() / DEFAULT_MODEL
     t = time.perf_counter()
-    if (model_dir / "unet.pt").is_file():  # a diffusion system (training diffusion)
+    if (model_dir / "prior.pt").is_file() and (model_dir / "decoder").is_dir():  # unCLIP (training prior)
+        model = UnCLIP.load(model_dir)
+        images = model.generate(args.captions, n=args.n, steps=args.steps, prior_steps=args.steps,
+                                guidance=args.guidance, seed=args.seed)
+        kind = f"unCLIP, {args.steps} sampling steps, decoder guidance {args.guidance}"
+    elif (model_dir / "unet.pt").is_file():  # a diffusion system (training diffusion)
         model = DiffusionSystem.load(model_dir, device=get_device(args.device))
-        images = model.generate(args.captions, n=args.n, steps=args.steps, guidance=args.guidance, seed=args.seed)
+        guide = None
+        if args.clip_guidance:
+            if not (model_dir / "noisy_clip.pt").is_file():
+                raise ValueError(f"--clip-guidance needs {model_dir / 'noisy_clip.pt'}: train one with "
+                                 f"`python -m dalle_mini_impl.training noisy-clip --diffusion {model_dir} "
+                                 f"--out {model_dir / 'noisy_clip.pt'}`")
+            guide = NoisyCLIP.load(model_dir / "noisy_clip.pt", device=model.device)
+        images = model.generate(args.captions, n=args.n, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                                clip_guide=guide, clip_scale=args.clip_guidance)
+        kind = f"diffusion, {args.steps} sampling steps, guidance {args.guidance}" + (
+            f", CLIP guidance {args.clip_guidance}" if guide is not None else "")
+    else:
+        kind = None
+    if kind is not None:
         save_image_grid(images, out, nrow=args.n, upscale=args.upscale)
         print(f"wrote {out}: {len(args.captions)} caption(s) x {args.n} images in "
-              f"{time.perf_counter() - t:.1f} s ({model_dir.name}, diffusion, {args.steps} sampling steps, "
-              f"guidance {args.guidance})")
+              f"{time.perf_counter() - t:.1f} s ({model_dir.name}, {kind})")
         return out
     model = DALLE.load(model_dir, device=get_device(args.device))
     images = model.generate(args.captions, n=args.n, temperature=args.temperature,

@@ -44,7 +44,7 @@ and the pooled caption as a scale and shift of their group norm; self-attention 
 lowest resolution whose keys and values also hold the caption's token features, as GLIDE's
 do), and a small transformer text encoder over the course's caption tokenizer. An optional
 ``embed_dim`` adds a conditioning vector (unCLIP's CLIP image embedding) to the timestep
-embedding.
+embedding and, as 4 extra tokens, to the caption tokens attention reads (unCLIP section 2.1).
 
 Latent diffusion (Rombach et al. 2022): with an ``autoencoder`` (lesson 01's, with a spatial
 latent: 32x32x3 pixels -> 8x8x4 numbers), the process runs over the autoencoder's latent,
@@ -204,17 +204,24 @@ class GaussianDiffusion:
 
 # --------------------------------------------------------------------------- guidance
 def classifier_free(eps_model: Callable[..., torch.Tensor], ids: torch.Tensor, null_ids: torch.Tensor,
-                    w: float, **kwargs) -> EpsFn:
+                    w: float, embed: torch.Tensor | None = None, null_embed: torch.Tensor | None = None) -> EpsFn:
     """The guided noise prediction of GLIDE 2.3 as an ``eps_fn`` for the samplers:
     eps_uncond + w (eps_cond - eps_uncond). ``ids`` (B, T) captions, ``null_ids`` (B, T) the
-    empty caption. w = 1 returns the conditional prediction itself (no second pass), so it
-    samples exactly what unguided sampling does; w = 0 is unconditional."""
+    empty caption; for a U-Net conditioned on a vector too (unCLIP's decoder), ``embed`` (B, D)
+    and the unconditional ``null_embed`` (zeros). w = 1 returns the conditional prediction
+    itself (no second pass), so it samples exactly what unguided sampling does; w = 0 the
+    unconditional prediction itself (one pass too)."""
+    extra = {} if embed is None else {"embed": embed}
+
     def eps_fn(x, t):
         if w == 1:
-            return eps_model(x, t, ids, **kwargs)
-        both = eps_model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([ids, null_ids]),
-                         **{k: torch.cat([v, v]) for k, v in kwargs.items()})
-        cond, uncond = both.chunk(2)
+            return eps_model(x, t, ids, **extra)
+        if w == 0:  # the unconditional prediction alone: one pass
+            return eps_model(x, t, null_ids, **({} if embed is None else {
+                "embed": torch.zeros_like(embed) if null_embed is None else null_embed}))
+        both = {} if embed is None else {"embed": torch.cat([embed, torch.zeros_like(embed) if null_embed is None
+                                                             else null_embed])}
+        cond, uncond = eps_model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([ids, null_ids]), **both).chunk(2)
         return uncond + w * (cond - uncond)
     return eps_fn
 
@@ -335,6 +342,8 @@ class TextUNet(nn.Module):
         self.text_ln = nn.LayerNorm(cfg.d_text)
         self.text_pool = nn.Linear(cfg.d_text, emb)
         self.embed = nn.Linear(cfg.embed_dim, emb) if cfg.embed_dim else None
+        # unCLIP (Ramesh et al. 2022, section 2.1): the embedding also becomes 4 extra context tokens
+        self.embed_tokens = nn.Linear(cfg.embed_dim, 4 * cfg.d_text) if cfg.embed_dim else None
         self.inp = nn.Conv2d(cfg.channels, cfg.base, 3, padding=1)
         chans = [cfg.base * m for m in cfg.mults]
         self.down, self.pool = nn.ModuleList(), nn.ModuleList()
@@ -370,6 +379,7 @@ class TextUNet(nn.Module):
                 raise ValueError("this U-Net is conditioned on an embedding (unCLIP): pass embed=(B, "
                                  f"{self.config.embed_dim})")
             e = e + self.embed(embed)
+            tokens = torch.cat([tokens, self.embed_tokens(embed).view(len(embed), 4, -1)], 1)  # (B, T + 4, d_text)
         h = self.inp(x)  # (B, base, S, S)
         skips = []
         for block, attn, pool in zip(self.down, self.down_attn, self.pool):
@@ -486,16 +496,34 @@ class DiffusionSystem(nn.Module):
     @torch.no_grad()
     def generate(self, captions, n: int = 1, steps: int = 50, guidance: float = 1.0, eta: float = 1.0,
                  seed: int | None = 0, batch_size: int = 64, known: torch.Tensor | None = None,
-                 keep: torch.Tensor | None = None) -> torch.Tensor:
+                 keep: torch.Tensor | None = None, clip_guide=None, clip_scale: float = 0.0,
+                 embeds: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """``n`` images per caption, (len(captions) n, C, S, S) in [0, 1], caption-major.
         ``steps`` sampling steps; ``eta`` 1 (the default) adds DDPM's fresh noise at each step, 0 is
         deterministic DDIM (on a small model trained for 2,000 steps, eta 0 left a grain of noise
         over the background that eta 1 removes: see the README's results table); ``guidance`` w:
         classifier-free guidance (1: plain conditional sampling). Inpainting: ``known`` images in
-        [0, 1] (one per output image) and ``keep`` (1 where their pixels stay)."""
+        [0, 1] (one per output image) and ``keep`` (1 where their pixels stay).
+
+        CLIP guidance (GLIDE 2.4): ``clip_guide`` a :class:`noisy_clip.NoisyCLIP` of this system's
+        space, ``clip_scale`` s. unCLIP's decoder (a U-Net with ``embed_dim``): ``embeds`` (one
+        (D,) vector per caption; ``captions`` may then be None), guided against the zero vector.
+        ``noise``: the starting x_T in the process's space, one per output image (interpolation
+        keeps it fixed)."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
-        ids = self.encode_text(captions).repeat_interleave(n, dim=0)  # (B n, T)
+        if (embeds is None) != (self.unet.embed is None):
+            raise ValueError("this U-Net is conditioned on an embedding (unCLIP's decoder): pass embeds=(B, D)"
+                             if embeds is None else "embeds given, but this U-Net takes no embedding (embed_dim 0)")
+        if captions is None:
+            if embeds is None:
+                raise ValueError("captions=None needs embeds (one per image to draw)")
+            ids = self.null_ids(len(embeds)).repeat_interleave(n, dim=0)
+        else:
+            ids = self.encode_text(captions).repeat_interleave(n, dim=0)  # (B n, T)
+        emb = None if embeds is None else embeds.to(self.device).float().repeat_interleave(n, dim=0)  # (B n, D)
+        if emb is not None and len(emb) != len(ids):
+            raise ValueError(f"{len(emb) // n} embeddings for {len(ids) // n} captions")
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         was = self.training
         self.eval()
@@ -503,13 +531,22 @@ class DiffusionSystem(nn.Module):
         out = []
         for i in range(0, len(ids), batch_size):
             chunk = ids[i:i + batch_size]
-            eps = classifier_free(self.unet, chunk, self.null_ids(len(chunk)), guidance)
+            eps = classifier_free(self.unet, chunk, self.null_ids(len(chunk)), guidance,
+                                  None if emb is None else emb[i:i + batch_size])
+            if clip_guide is not None and clip_scale:
+                if captions is None:
+                    raise ValueError("CLIP guidance needs the captions")
+                caps = [c_ for c_ in ([captions] if isinstance(captions, str) else captions) for _ in range(n)]
+                text = clip_guide.encode_text(caps[i:i + batch_size]).to(self.device)
+                eps = gradient_guided(eps, self.process, lambda x, t, e=text: clip_guide.similarity(x, t, e),
+                                      clip_scale)
             k = None if known is None else self.to_space(known[i:i + batch_size])
             kp = None if keep is None else (keep[i:i + batch_size] if keep.shape[0] > 1 else keep)
             if kp is not None and self.autoencoder is not None:  # the pixel mask on the latent grid:
                 kp = (F.adaptive_avg_pool2d(kp.float(), s) > 0.999).float()  # cells wholly known
+            x_T = None if noise is None else noise[i:i + batch_size]
             x = self.from_space(self.process.sample(eps, (len(chunk), c, s, s), steps, eta, g, self.device,
-                                                    clip_x0=self._x0_clamp(), known=k, keep=kp))
+                                                    clip_x0=self._x0_clamp(), known=k, keep=kp, x_T=x_T))
             if known is not None and self.autoencoder is not None:  # the known pixels themselves
                 full = keep[i:i + batch_size] if keep.shape[0] > 1 else keep
                 x = torch.where(full.to(x.device).bool(), known[i:i + batch_size].to(x.device), x)

@@ -1,18 +1,18 @@
-"""``python -m dalle_mini_impl.training dvae | dalle | clip | judge | diffusion ...``: the one training
+"""``python -m dalle_mini_impl.training dvae | dalle | clip | judge | diffusion | prior ...``: the one training
 command line (``--help`` on each subcommand lists its options)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import clip, dalle, diffusion, dvae, judge
+from . import clip, dalle, diffusion, dvae, judge, prior
 from .common import PROG
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Train a model of the DALL-E course.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (dvae, dalle, clip, judge, diffusion):
+    for module in (dvae, dalle, clip, judge, diffusion, prior):
         module.add_parser(sub)
     return parser
 

@@ -297,14 +297,20 @@ def truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
+def drop_mask(n: int, p: float, seed: int, step: int, rank: int = 0) -> torch.Tensor:
+    """(n,) bool, each True with probability ``p``, drawn from (seed, step, rank): a resumed run
+    draws the same ones."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + rank)
+    return torch.rand(n, generator=g) < p
+
+
 def drop_captions(text_ids: torch.Tensor, p: float, empty: torch.Tensor, seed: int, step: int,
                   rank: int = 0) -> torch.Tensor:
     """Replace each caption of a batch (B, T) by the empty caption (``empty``, (T,): every
     position padding) with probability ``p``, drawn from (seed, step, rank) so that a resumed run
     drops the same ones: the unconditional model that classifier-free guidance subtracts
     (GLIDE 2.3) is the same network, trained on the dropped captions."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + rank)
-    drop = (torch.rand(len(text_ids), generator=g) < p).to(text_ids.device)  # (B,)
+    drop = drop_mask(len(text_ids), p, seed, step, rank).to(text_ids.device)  # (B,)
     return torch.where(drop[:, None], empty.to(text_ids.device, text_ids.dtype)[None], text_ids)
 
 

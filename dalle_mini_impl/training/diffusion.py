@@ -15,18 +15,25 @@ fits lesson 01's autoencoder with a spatial
 latent (32x32x3 -> 8x8xC, ``--ae-steps`` updates; saved as ``OUT/autoencoder.pt`` and reused by
 ``--resume``), encodes every image once, and trains the U-Net on the latents scaled to unit
 variance; the system decodes its samples back to pixels.
+
+``--clip-model PATH`` trains unCLIP's decoder instead (lesson 12, :mod:`dalle_mini_impl.unclip`): the
+U-Net reads the CLIP image embedding of each training image (computed once) and never the
+caption; ``--caption-dropout`` zeroes the embedding instead, for guidance. The CLIP is copied
+into ``OUT/clip.pt``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from ..autoencoder import Autoencoder, AutoencoderConfig, fit
+from ..clip import load_clip
 from ..datasets import course_captions, load_pairs
 from ..diffusion import DiffusionSystem, UNetConfig
 from ..precision import pick_precision
@@ -35,7 +42,7 @@ from ..utils import get_device, load_checkpoint, safe_load, save_checkpoint, set
 from ..viz import save_labelled_grid
 from . import distributed as D
 from .common import (GracefulStop, NonFiniteGuard, RunLog, StateOf, add_common_args, check_resume, command_line,
-                     decay, drop_captions, fresh_log, guard_shipped, held_out_split, nonnegative_int,
+                     decay, drop_captions, drop_mask, fresh_log, guard_shipped, held_out_split, nonnegative_int,
                      objects_arg, plain_args, positive_int, set_threads, truncate_log, update_ema, with_weights)
 
 MAY_CHANGE = frozenset({"log_every", "ckpt_every", "sample_every", "threads", "device", "overwrite_shipped",
@@ -52,7 +59,7 @@ def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 @torch.no_grad()
 def validation_loss(model: DiffusionSystem, space: torch.Tensor, ids: torch.Tensor, seed: int,
-                    batch: int = 128) -> float:
+                    batch: int = 128, embeds: torch.Tensor | None = None) -> float:
     """L_simple on the validation pairs (``space``: :meth:`DiffusionSystem.to_space` of their
     images) at fixed timesteps and noise (the same draws at every log line, so the curve moves
     only with the weights)."""
@@ -62,7 +69,8 @@ def validation_loss(model: DiffusionSystem, space: torch.Tensor, ids: torch.Tens
     g = torch.Generator().manual_seed(seed + 77)
     total = 0.0
     for s in range(0, len(images), batch):  # images: already in the process's space
-        total += model.loss_in_space(images[s:s + batch], ids[s:s + batch], generator=g).item() * len(images[s:s + batch])
+        e = None if embeds is None else embeds[s:s + batch]
+        total += model.loss_in_space(images[s:s + batch], ids[s:s + batch], generator=g, embed=e).item() * len(images[s:s + batch])
     model.train(was)
     return total / max(1, len(images))
 
@@ -101,6 +109,12 @@ def train_diffusion_command(args: argparse.Namespace) -> dict:
     tokenizer = (course_tokenizer(args.text_len) if name in ("shapes", "digits") else
                  CaptionTokenizer.train_from_captions(course_captions() + captions, 512, args.text_len))
     ids = tokenizer.encode(captions)  # (n, T)
+    embeds = None
+    if args.clip_model:  # unCLIP's decoder: conditioned on the CLIP image embedding alone, never the caption
+        clip = load_clip(args.clip_model)
+        with torch.no_grad():
+            embeds = torch.cat([clip.encode_image(images[i:i + 512]).cpu() for i in range(0, len(images), 512)])
+        ids = tokenizer.pad_ids()[None].expand(len(images), -1).clone()  # (n, T): every caption empty
     n_val = 0 if len(images) < 40 else min(args.val_pairs, len(images) // 10)
     train_idx, val_idx = held_out_split(len(images), n_val, args.seed)
     batch = min(args.batch_size, len(train_idx))
@@ -111,7 +125,7 @@ def train_diffusion_command(args: argparse.Namespace) -> dict:
                      attn_levels=(args.attn_levels if args.attn_levels is not None else
                                   tuple(range(len(args.mults))) if ae is not None else (len(args.mults) - 1,)),
                      text_len=tokenizer.text_len, n_text_tokens=tokenizer.n_text_tokens, d_text=args.d_text,
-                     dropout=args.dropout)
+                     dropout=args.dropout, embed_dim=0 if embeds is None else embeds.shape[1])
     torch.manual_seed(args.seed)
     model = DiffusionSystem(tokenizer, cfg, T=args.T, autoencoder=ae).to(device)
     space = torch.cat([model.to_space(images[i:i + 512]).cpu() for i in range(0, len(images), 512)])  # once
@@ -153,7 +167,9 @@ def train_diffusion_command(args: argparse.Namespace) -> dict:
 
     def samples(step: int) -> None:
         caps = [captions[int(i)] for i in show]
-        fake = with_ema(lambda: model.generate(caps, 1, steps=args.sample_steps, guidance=args.guidance, seed=0))
+        e = None if embeds is None else embeds[show]
+        fake = with_ema(lambda: model.generate(None if e is not None else caps, 1, steps=args.sample_steps,
+                                               guidance=args.guidance, seed=0, embeds=e))
         save_labelled_grid([images[show], fake], caps, out / "samples" / f"step_{step:06d}.png", upscale=3)
 
     guard, step, t0, seen, last = NonFiniteGuard(args.max_nonfinite), start, time.perf_counter(), 0, {}
@@ -168,11 +184,15 @@ def train_diffusion_command(args: argparse.Namespace) -> dict:
                 raise SystemExit(130)
             pick = train_idx[D.batch_indices(len(train_idx), batch, step, args.seed)]
             text = drop_captions(ids[pick], args.caption_dropout, empty, args.seed, step)
+            e = None
+            if embeds is not None:  # the embedding dropped to zeros instead (guidance for the decoder)
+                e = torch.where(drop_mask(len(pick), args.caption_dropout, args.seed, step)[:, None], 0.0,
+                                embeds[pick])
             g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, args.steps, args.lr, args.warmup)
             with prec.autocast():
-                loss = model.loss_in_space(space[pick], text, generator=g)
+                loss = model.loss_in_space(space[pick], text, generator=g, embed=e)
             opt.zero_grad(set_to_none=True)
             prec.backward(loss)
             prec.unscale(opt)
@@ -188,8 +208,9 @@ def train_diffusion_command(args: argparse.Namespace) -> dict:
                 last = {"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"], "grad_norm": float(norm),
                         "skipped": guard.total, "images_per_s": seen / elapsed, "elapsed_s": elapsed}
                 if len(val_idx):
-                    last["val_loss"] = with_ema(lambda: validation_loss(model, space[val_idx], ids[val_idx],
-                                                                        args.seed))
+                    last["val_loss"] = with_ema(lambda: validation_loss(
+                        model, space[val_idx], ids[val_idx], args.seed,
+                        embeds=None if embeds is None else embeds[val_idx]))
                 log.write(last)
             if args.sample_every and step % args.sample_every == 0 and step < args.steps:
                 samples(step)
@@ -200,13 +221,17 @@ def train_diffusion_command(args: argparse.Namespace) -> dict:
         print(f"stopped at step {step} of {args.steps}: saved {resume_path}; continue with --resume", flush=True)
         return last
     with_ema(lambda: model.save(out))
+    if args.clip_model:  # the CLIP whose embeddings the decoder reads travels with it
+        shutil.copyfile(Path(args.clip_model) / "clip.pt" if Path(args.clip_model).is_dir() else args.clip_model, out / "clip.pt")
     result = dict(last, precision=prec.name, device=device.type, train_pairs=len(train_idx),
                   parameters=sum(p.numel() for p in model.unet.parameters()), command=command_line())
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     samples(step)
-    print(f"step {step}: loss {last.get('loss', float('nan')):.4f}; saved the system in {out}. Generate with: "
-          f"python -m dalle_mini_impl generate \"a small red circle on the left\" --model {out} --guidance 3",
-          flush=True)
+    use = (f"it is unCLIP's decoder: put it in DIR/decoder beside DIR/prior.pt (training prior --clip-model "
+           f"{args.clip_model} --out DIR) and generate with --model DIR" if args.clip_model else
+           f"generate with: python -m dalle_mini_impl generate \"a small red circle on the left\" --model {out} "
+           "--guidance 3")
+    print(f"step {step}: loss {last.get('loss', float('nan')):.4f}; saved the system in {out}; {use}", flush=True)
     return result
 
 
@@ -229,6 +254,10 @@ def add_parser(sub) -> None:
                         "pixels (2,000 steps in 15 minutes did not learn the captions there: accuracy 0.05)")
     p.add_argument("--ae-steps", type=positive_int, default=1000, help="autoencoder updates (latent diffusion)")
     p.add_argument("--ae-hidden", type=positive_int, default=32, help="autoencoder width (latent diffusion)")
+    p.add_argument("--clip-model", default=None,
+                   help="unCLIP's decoder (lesson 12): condition on this CLIP's image embedding (a clip.pt or its "
+                        "folder, e.g. data/clip_shapes_heldout) instead of the caption; --caption-dropout then "
+                        "drops the embedding")
     p.add_argument("--heads", type=positive_int, default=4)
     p.add_argument("--d-text", type=positive_int, default=64)
     p.add_argument("--dropout", type=decay, default=0.0)
