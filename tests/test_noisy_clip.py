@@ -50,3 +50,15 @@ def test_clip_guidance_raises_the_guiding_clips_score(shipped):
     scores = {s: model.clip.score(v, caps).mean().item() for s, v in x.items()}
     assert scores[300] > scores[0] + 0.2, scores
     assert text.shape == (6, model.clip.config.embed_dim)
+
+
+def test_the_noisy_clip_command_writes_weights_and_a_noise_report(tmp_path):
+    import json
+    from dalle_mini_impl.training.__main__ import main
+    out = tmp_path / "n.pt"
+    main(["noisy-clip", "--steps", "2", "--n-train", "64", "--batch-size", "16", "--width", "16",
+          "--threads", "1", "--out", str(out)])
+    report = json.loads(out.with_suffix(".metrics.json").read_text())
+    assert set(report["held_out"]) == {"0", "250", "500", "750", "900"}
+    assert 0 <= report["held_out"]["0"]["shape_accuracy"] <= 1
+    assert NoisyCLIP.load(out).config.width == 16

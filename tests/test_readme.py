@@ -1,7 +1,7 @@
 """Every command of the README's ``bash`` blocks runs as written, in order, in a fresh folder:
 ``.venv/bin/python`` is this interpreter, step counts are cut to 2 (the decoder stage to 1),
 the autoencoder of latent diffusion to 2 updates,
-``--n`` to 2, and ``PATH`` is the shipped sample folder. ``sh`` blocks are not run (``make``
+``--n`` to 2, ``PATH`` is the shipped sample folder and ``data/`` the repository's. ``sh`` blocks are not run (``make``
 targets that CI runs itself, multi-GPU lines)."""
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SUBSTITUTIONS = [(r"--steps \d+", "--steps 2"), (r"--decoder-steps \d+", "--decoder-steps 1"),
                  (r"--ae-steps \d+", "--ae-steps 2"),
-                 (r"--n \d+", "--n 2"), (r"folder:PATH\b", f"folder:{ROOT / 'data' / 'sample_folder'}")]
+                 (r"--n \d+", "--n 2"), (r"folder:PATH\b", f"folder:{ROOT / 'data' / 'sample_folder'}"),
+                 (r"(?<= )data/", f"{ROOT / 'data'}/")]  # run as from the repository's root
 
 
 def readme_commands(text: str) -> list[str]:

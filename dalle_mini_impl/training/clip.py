@@ -19,7 +19,7 @@ from ..datasets import ShapesDataset, load_pairs
 from ..diffusion import DiffusionSystem
 from ..noisy_clip import noise_report, train_noisy_clip
 from ..presets import get_preset
-from ..utils import get_device, load_checkpoint, save_checkpoint
+from ..utils import data_dir, get_device, load_checkpoint, save_checkpoint
 from .common import (GracefulStop, RunLog, StateOf, add_common_args, check_resume, command_line, fresh_log,
                      guard_shipped, plain_args, positive_int, set_threads, truncate_log)
 
@@ -109,8 +109,10 @@ def add_parser(sub) -> None:
     p.set_defaults(func=train_clip_command)
 
     p = sub.add_parser("noisy-clip", help="lesson 11: a noise-aware CLIP in a diffusion system's space (CLIP guidance)")
-    p.add_argument("--clip-model", default="data/clip_shapes_heldout", help="the clean CLIP (its text side is kept)")
-    p.add_argument("--diffusion", default="data/diffusion_shapes_toy", help="the diffusion system to guide")
+    p.add_argument("--clip-model", default=None,
+                   help="the clean CLIP (its text side is kept; default: the shipped data/clip_shapes_heldout)")
+    p.add_argument("--diffusion", default=None,
+                   help="the diffusion system to guide (default: the shipped data/diffusion_shapes_toy)")
     p.add_argument("--out", required=True, help="the file to write, e.g. runs/noisy_clip.pt")
     p.add_argument("--steps", type=positive_int, default=1000)
     p.add_argument("--batch-size", type=positive_int, default=256)
@@ -132,7 +134,8 @@ def train_noisy_clip_command(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     guard_shipped(out, args.overwrite_shipped)
     out.parent.mkdir(parents=True, exist_ok=True)
-    clip, system = load_clip(args.clip_model), DiffusionSystem.load(args.diffusion)
+    clip = load_clip(args.clip_model or data_dir() / "clip_shapes_heldout")
+    system = DiffusionSystem.load(args.diffusion or data_dir() / "diffusion_shapes_toy")
     images, captions = load_pairs("shapes", args.n_train, clip.config.image_size, args.seed, 1)
     t0 = time.perf_counter()
     log = RunLog(out.with_suffix(".metrics.jsonl"))

@@ -23,7 +23,7 @@ import torch
 from ..clip import load_clip
 from ..datasets import load_pairs
 from ..unclip import DiffusionPrior, DirectPrior, PriorConfig, fit_prior, save_priors
-from ..utils import load_checkpoint, save_checkpoint
+from ..utils import data_dir, load_checkpoint, save_checkpoint
 from .common import (GracefulStop, RunLog, StateOf, add_common_args, check_resume, command_line, fresh_log,
                      guard_shipped, held_out_split, nonnegative_int, objects_arg, plain_args, positive_int,
                      set_threads, truncate_log)
@@ -55,6 +55,7 @@ def train_prior_command(args: argparse.Namespace) -> dict:
     guard_shipped(args.out, args.overwrite_shipped)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    args.clip_model = args.clip_model or str(data_dir() / "clip_shapes_heldout")
     clip = load_clip(args.clip_model)
     images, captions = load_pairs(args.dataset, args.n_train, clip.config.image_size, args.seed, args.objects)
     img, txt = embed_pairs(clip, images, captions)
@@ -125,8 +126,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("prior", help="lesson 12: unCLIP's priors, caption -> CLIP image embedding")
     add_common_args(p, steps=2000, out="runs/unclip", ckpt_every=1000)
     p.set_defaults(log_every=500)
-    p.add_argument("--clip-model", default="data/clip_shapes_heldout",
-                   help="the CLIP whose embeddings the priors learn (the decoder's: a clip.pt or its folder)")
+    p.add_argument("--clip-model", default=None,
+                   help="the CLIP whose embeddings the priors learn (the decoder's: a clip.pt or its folder; "
+                        "default: the shipped data/clip_shapes_heldout)")
     p.add_argument("--objects", type=objects_arg, default=1, help="shapes: objects per image, 1, 2 or 1,2")
     p.add_argument("--n-train", type=positive_int, default=None, help="pairs to train on (shapes: drawn; default 20000)")
     p.add_argument("--width", type=positive_int, default=256)
