@@ -16,6 +16,9 @@ module                      lesson
 ``dalle``                   08 DALL-E (2.2, 2.6)
 ``clip``                    09 CLIP reranking (2.6)
 ``metrics``, ``powersgd``   10 evaluation and scale (2.5, E)
+``diffusion``, ``noisy_clip``, ``compare``
+                            11 diffusion and guidance (GLIDE, Nichol et al. 2021)
+``unclip``                  12 unCLIP (Ramesh et al. 2022)
 ==========================  ===========================================
 
 Layers, each importing only from those above it: ``utils``; ``presets``, ``datasets``,

@@ -211,14 +211,14 @@ class UnCLIP:
         self.clip, self.prior, self.direct, self.decoder = clip.eval(), prior.eval(), direct.eval(), decoder.eval()
 
     @classmethod
-    def load(cls, path) -> "UnCLIP":
+    def load(cls, path, device: str | torch.device = "cpu") -> "UnCLIP":
         path = Path(path)
         if not (path / "prior.pt").is_file() or not (path / "decoder" / "clip.pt").is_file():
             raise FileNotFoundError(f"{path} is not an unCLIP directory (prior.pt and decoder/ with clip.pt): see "
                                     "data/unclip_shapes_toy/README.md for the two commands that make one")
         clip = load_clip(path / "decoder" / "clip.pt")
         prior, direct = load_priors(path / "prior.pt", clip)
-        return cls(clip, prior, direct, DiffusionSystem.load(path / "decoder"))
+        return cls(clip.to(device), prior.to(device), direct.to(device), DiffusionSystem.load(path / "decoder", device))
 
     @torch.no_grad()
     def image_embeddings(self, captions, n: int = 1, prior: str = "diffusion", steps: int = 50,
@@ -228,7 +228,7 @@ class UnCLIP:
         embedding (``prior="text"``, the baseline with no prior at all)."""
         text = self.clip.encode_text(list(captions)).repeat_interleave(n, dim=0)  # (B n, D)
         if prior == "diffusion":
-            g = torch.Generator().manual_seed(seed) if seed is not None else None
+            g = torch.Generator().manual_seed(seed + 1_000_003) if seed is not None else None  # not the decoder's stream
             return self.prior.sample(text, steps, generator=g)
         if prior == "direct":
             return self.direct(text)

@@ -95,7 +95,7 @@ def test_prior_command_writes_logs_and_resumes_exactly(tmp_path):
     main(["prior", "--steps", "6", "--out", str(full), *PRIOR_ARGS])
     lines = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == [2, 4, 6]
-    assert {"val_cos_diffusion", "val_cos_direct", "val_cos_text"} <= set(lines[0])
+    assert {"val_cos_diffusion", "val_cos_direct", "val_cos_text", "val_spread_diffusion"} <= set(lines[0])
     main(["prior", "--steps", "6", "--stop-after", "4", "--out", str(part), *PRIOR_ARGS])
     assert not (part / "prior.pt").exists() and (part / "resume.pt").exists()
     main(["prior", "--steps", "6", "--resume", "--out", str(part), *PRIOR_ARGS])

@@ -43,9 +43,13 @@ def embed_pairs(clip, images: torch.Tensor, captions: list[str]) -> tuple[torch.
 def validation_cosines(prior: DiffusionPrior, direct: DirectPrior, img: torch.Tensor, txt: torch.Tensor,
                        seed: int, steps: int = 25) -> dict[str, float]:
     """Mean cosine with the true image embedding: a diffusion-prior sample (fixed seed), the direct
-    prediction, and the caption's text embedding itself."""
+    prediction, and the caption's text embedding itself; and the diffusion prior's spread, the mean
+    1 - cosine between two of its samples for one caption (the direct prior's is 0: a cosine alone
+    rewards a prior that collapses onto the mean)."""
     g = torch.Generator().manual_seed(seed + 77)
-    return {"val_cos_diffusion": (prior.sample(txt, steps, generator=g) * img).sum(-1).mean().item(),
+    a, b = prior.sample(txt, steps, generator=g), prior.sample(txt, steps, generator=g)
+    return {"val_cos_diffusion": (a * img).sum(-1).mean().item(),
+            "val_spread_diffusion": (1 - (a * b).sum(-1)).mean().item(),
             "val_cos_direct": (direct(txt) * img).sum(-1).mean().item(),
             "val_cos_text": (txt * img).sum(-1).mean().item()}
 
