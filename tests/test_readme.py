@@ -1,7 +1,8 @@
 """Every command of the README's ``bash`` blocks runs as written, in order, in a fresh folder:
 ``.venv/bin/python`` is this interpreter, step counts are cut to 2 (the decoder stage to 1),
 the autoencoder of latent diffusion to 2 updates,
-``--n`` to 2, ``PATH`` is the shipped sample folder and ``data/`` the repository's. ``sh`` blocks are not run (``make``
+``--n`` to 2, the shapes pairs of the diffusion, prior and noisy-clip commands to 300, ``PATH``
+is the shipped sample folder and ``data/`` the repository's. ``sh`` blocks are not run (``make``
 targets that CI runs itself, multi-GPU lines)."""
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ SUBSTITUTIONS = [(r"--steps \d+", "--steps 2"), (r"--decoder-steps \d+", "--deco
                  (r"--ae-steps \d+", "--ae-steps 2"),
                  (r"--n \d+", "--n 2"), (r"folder:PATH\b", f"folder:{ROOT / 'data' / 'sample_folder'}"),
                  (r"(?<= )data/", f"{ROOT / 'data'}/")]  # run as from the repository's root
+
+
+DRAWS_SHAPES = {"diffusion", "prior", "noisy-clip"}  # training commands whose shapes data --n-train cuts
 
 
 def readme_commands(text: str) -> list[str]:
@@ -43,6 +47,8 @@ def test_every_readme_command_works(tmp_path):
             command = re.sub(pattern, value, command)
         argv = shlex.split(command)
         argv[0] = sys.executable
+        if set(argv) & DRAWS_SHAPES and "--n-train" not in argv:  # they draw 20,000 shapes pairs by default
+            argv += ["--n-train", "300"]
         proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert (tmp_path / "grid.png").is_file() and (tmp_path / "runs" / "dalle" / "prior.pt").is_file()
